@@ -1,0 +1,294 @@
+// elman._core: validate every argument, take pointers, release the GIL, call the CPU kernels.
+// Messages name the argument and give expected vs actual. Inputs in any memory layout are
+// accepted by copying them to C order (never read with the wrong strides); outputs must be
+// writable arrays whose rows are evenly strided.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../cpu/blas.h"
+#include "../rnn.h"
+
+namespace py = pybind11;
+using namespace elman;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+std::vector<int64_t> shape_of(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+[[noreturn]] void value_error(const std::string& m) { throw py::value_error(m); }
+[[noreturn]] void type_error(const std::string& m) { throw py::type_error(m); }
+
+py::array to_array(py::handle obj, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    type_error(std::string(name) + " must be a numpy.ndarray, got " +
+               py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+void check_shape(const py::array& a, const char* name, const std::vector<int64_t>& expected) {
+  if (shape_of(a) != expected)
+    value_error(std::string(name) + " must have shape " + shape_str(expected) + ", got " +
+                shape_str(shape_of(a)));
+}
+
+template <typename T>
+void check_dtype(const py::array& a, const char* name) {
+  if (!a.dtype().equal(py::dtype::of<T>()))
+    type_error(std::string(name) + " must have dtype " + py::str(py::dtype::of<T>()).cast<std::string>() +
+               ", got " + dtype_str(a));
+}
+
+bool aligned_c_contiguous(const py::array& a) {
+  return (a.flags() & py::array::c_style) &&
+         reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(a.itemsize()) == 0;
+}
+
+// An input: exact dtype and shape, returned C-contiguous and aligned (a copy when it is not).
+template <typename T>
+py::array input(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+  py::array a = to_array(obj, name);
+  check_dtype<T>(a, name);
+  check_shape(a, name, shape);
+  if (aligned_c_contiguous(a)) return a;
+  return py::module_::import("numpy").attr("array")(a, py::arg("order") = "C", py::arg("copy") = true);
+}
+template <typename T>
+const T* optional_input(py::handle obj, const char* name, const std::vector<int64_t>& shape,
+                        std::vector<py::array>& keep) {
+  if (obj.is_none()) return nullptr;
+  keep.push_back(input<T>(obj, name, shape));
+  return static_cast<const T*>(keep.back().data());
+}
+
+// An output: exact dtype and shape, writable, aligned, rightmost dimension contiguous.
+template <typename T>
+T* output(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
+  py::array a = to_array(obj, name);
+  check_dtype<T>(a, name);
+  check_shape(a, name, shape);
+  if (!a.writeable()) value_error(std::string(name) + " must be writable");
+  if (!aligned_c_contiguous(a)) value_error(std::string(name) + " must be C-contiguous and aligned");
+  return static_cast<T*>(a.mutable_data());
+}
+
+// A [T, B, n] sequence array seen as T*B rows of n elements at a constant row stride `ld`
+// (a column slice of a [T, B, m] array qualifies). Returns false when the layout does not fit.
+bool row_layout(const py::array& a, int64_t n, int64_t* ld) {
+  const int64_t item = a.itemsize();
+  const int64_t T = a.shape(0), B = a.shape(1);
+  if (n > 1 && a.strides(2) != item) return false;
+  if (reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(item) != 0) return false;
+  int64_t row;  // stride between consecutive rows (t, b) -> (t, b + 1), in elements
+  if (B > 1) {
+    if (a.strides(1) % item != 0) return false;
+    row = a.strides(1) / item;
+  } else if (T > 1) {
+    if (a.strides(0) % item != 0) return false;
+    row = a.strides(0) / item;
+  } else {
+    row = n;
+  }
+  if (row < n) return false;
+  if (T > 1 && a.strides(0) != B * row * item) return false;
+  *ld = row;
+  return true;
+}
+
+template <typename T>
+const T* rows_input(py::handle obj, const char* name, const std::vector<int64_t>& shape,
+                    std::vector<py::array>& keep, int64_t* ld) {
+  if (obj.is_none()) return nullptr;
+  py::array a = to_array(obj, name);
+  check_dtype<T>(a, name);
+  check_shape(a, name, shape);
+  if (!row_layout(a, shape[2], ld)) {
+    a = input<T>(a, name, shape);
+    *ld = shape[2];
+  }
+  keep.push_back(a);
+  return static_cast<const T*>(a.data());
+}
+
+template <typename T>
+T* rows_output(py::handle obj, const char* name, const std::vector<int64_t>& shape, int64_t* ld) {
+  py::array a = to_array(obj, name);
+  check_dtype<T>(a, name);
+  check_shape(a, name, shape);
+  if (!a.writeable()) value_error(std::string(name) + " must be writable");
+  if (!row_layout(a, shape[2], ld))
+    value_error(std::string(name) + " must have evenly strided rows with a contiguous last dimension");
+  return static_cast<T*>(a.mutable_data());
+}
+
+// lengths: int64 [B] with 1 <= lengths[b] <= T, or None.
+const int64_t* lengths_input(py::handle obj, int64_t T, int64_t B, std::vector<py::array>& keep) {
+  if (obj.is_none()) return nullptr;
+  const int64_t* p = optional_input<int64_t>(obj, "lengths", {B}, keep);
+  for (int64_t b = 0; b < B; ++b)
+    if (p[b] < 1 || p[b] > T)
+      value_error("lengths must be in [1, T] = [1, " + std::to_string(T) + "], got lengths[" +
+                  std::to_string(b) + "] = " + std::to_string(p[b]));
+  return p;
+}
+
+Activation activation_of(const std::string& s) {
+  if (s == "tanh") return Activation::tanh;
+  if (s == "relu") return Activation::relu;
+  value_error("Unknown nonlinearity '" + s + "'. Select from 'tanh' or 'relu'.");
+}
+
+// Reads the shape from x [T, B, I] and W_hh [H, H]; validates the weights.
+template <typename T>
+RnnShape shape_and_weights(const py::array& x, py::handle W_ih, py::handle W_hh, py::handle b_ih,
+                           py::handle b_hh, const std::string& nonlinearity, bool reverse,
+                           RnnWeights<T>* w, std::vector<py::array>& keep) {
+  if (x.ndim() != 3) value_error("x must be 3-D (T, B, I), got " + std::to_string(x.ndim()) + "-D");
+  py::array whh = to_array(W_hh, "W_hh");
+  if (whh.ndim() != 2)
+    value_error("W_hh must be 2-D (H, H), got shape " + shape_str(shape_of(whh)));
+  RnnShape sh;
+  sh.T = x.shape(0);
+  sh.B = x.shape(1);
+  sh.I = x.shape(2);
+  sh.H = whh.shape(0);
+  sh.act = activation_of(nonlinearity);
+  sh.reverse = reverse;
+  if (sh.T < 1) value_error("x must have at least one time step, got T = 0");
+  w->W_ih = optional_input<T>(W_ih, "W_ih", {sh.H, sh.I}, keep);
+  w->W_hh = optional_input<T>(W_hh, "W_hh", {sh.H, sh.H}, keep);
+  if (!w->W_ih) type_error("W_ih must be a numpy.ndarray, got None");
+  w->b_ih = optional_input<T>(b_ih, "b_ih", {sh.H}, keep);
+  w->b_hh = optional_input<T>(b_hh, "b_hh", {sh.H}, keep);
+  return sh;
+}
+
+template <typename T>
+void forward_impl(py::array x_in, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
+                  py::handle h0, py::handle lengths, const std::string& nonlinearity, bool reverse,
+                  py::handle out, py::handle h_n) {
+  std::vector<py::array> keep;
+  RnnForwardArgs<T> a;
+  a.shape = shape_and_weights<T>(x_in, W_ih, W_hh, b_ih, b_hh, nonlinearity, reverse, &a.w, keep);
+  const RnnShape& sh = a.shape;
+  a.x = optional_input<T>(x_in, "x", {sh.T, sh.B, sh.I}, keep);
+  a.h0 = optional_input<T>(h0, "h0", {sh.B, sh.H}, keep);
+  a.shape.lengths = lengths_input(lengths, sh.T, sh.B, keep);
+  a.out = rows_output<T>(out, "out", {sh.T, sh.B, sh.H}, &a.ld_out);
+  a.h_n = output<T>(h_n, "h_n", {sh.B, sh.H});
+  py::gil_scoped_release nogil;
+  rnn_forward_cpu<T>(a);
+}
+
+template <typename T>
+void backward_impl(py::array x_in, py::handle W_ih, py::handle W_hh, py::handle h0, py::handle out,
+                   py::handle grad_out, py::handle grad_h_n, py::handle lengths,
+                   const std::string& nonlinearity, bool reverse, py::handle grad_x,
+                   bool accumulate_grad_x, py::handle grad_h0, py::handle dW_ih, py::handle dW_hh,
+                   py::handle db_ih, py::handle db_hh, py::handle grad_norms) {
+  std::vector<py::array> keep;
+  RnnBackwardArgs<T> a;
+  a.shape = shape_and_weights<T>(x_in, W_ih, W_hh, py::none(), py::none(), nonlinearity, reverse,
+                                 &a.w, keep);
+  const RnnShape& sh = a.shape;
+  const std::vector<int64_t> seq = {sh.T, sh.B, sh.H}, state = {sh.B, sh.H};
+  a.x = optional_input<T>(x_in, "x", {sh.T, sh.B, sh.I}, keep);
+  a.h0 = optional_input<T>(h0, "h0", state, keep);
+  a.shape.lengths = lengths_input(lengths, sh.T, sh.B, keep);
+  a.out = rows_input<T>(out, "out", seq, keep, &a.ld_out);
+  if (!a.out) type_error("out must be a numpy.ndarray, got None");
+  a.grad_out = rows_input<T>(grad_out, "grad_out", seq, keep, &a.ld_grad_out);
+  a.grad_h_n = optional_input<T>(grad_h_n, "grad_h_n", state, keep);
+  a.grad_x = grad_x.is_none() ? nullptr : output<T>(grad_x, "grad_x", {sh.T, sh.B, sh.I});
+  a.accumulate_grad_x = accumulate_grad_x;
+  a.grad_h0 = grad_h0.is_none() ? nullptr : output<T>(grad_h0, "grad_h0", state);
+  a.dW_ih = output<T>(dW_ih, "dW_ih", {sh.H, sh.I});
+  a.dW_hh = output<T>(dW_hh, "dW_hh", {sh.H, sh.H});
+  a.db_ih = db_ih.is_none() ? nullptr : output<T>(db_ih, "db_ih", {sh.H});
+  a.db_hh = db_hh.is_none() ? nullptr : output<T>(db_hh, "db_hh", {sh.H});
+  a.grad_norms = grad_norms.is_none() ? nullptr : output<double>(grad_norms, "grad_norms", {sh.T});
+  // Scratch for dz [T, B, H]; numpy raises MemoryError when it cannot be had.
+  py::array dz = py::array(py::dtype::of<T>(), seq);
+  a.dz = static_cast<T*>(dz.mutable_data());
+  py::gil_scoped_release nogil;
+  rnn_backward_cpu<T>(a);
+}
+
+// The dtype of x picks the instantiation; every other array must match it.
+template <typename F>
+void dispatch_dtype(const py::array& x, F&& f) {
+  if (x.dtype().equal(py::dtype::of<float>()))
+    f(float{});
+  else if (x.dtype().equal(py::dtype::of<double>()))
+    f(double{});
+  else
+    type_error("x must have dtype float32 or float64, got " + dtype_str(x));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "elman's compiled CPU kernels (internal; use the elman package)";
+
+  m.def(
+      "rnn_forward",
+      [](py::handle x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
+         py::handle h0, py::handle lengths, const std::string& nonlinearity, bool reverse,
+         py::handle out, py::handle h_n) {
+        py::array xa = to_array(x, "x");
+        dispatch_dtype(xa, [&](auto tag) {
+          forward_impl<decltype(tag)>(xa, W_ih, W_hh, b_ih, b_hh, h0, lengths, nonlinearity, reverse, out, h_n);
+        });
+      },
+      py::arg("x"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"),
+      py::arg("lengths"), py::arg("nonlinearity"), py::arg("reverse"), py::arg("out"), py::arg("h_n"),
+      "Fused forward of one layer and direction; writes out [T, B, H] (any row stride) and h_n [B, H].");
+
+  m.def(
+      "rnn_backward",
+      [](py::handle x, py::handle W_ih, py::handle W_hh, py::handle h0, py::handle out,
+         py::handle grad_out, py::handle grad_h_n, py::handle lengths, const std::string& nonlinearity,
+         bool reverse, py::handle grad_x, bool accumulate_grad_x, py::handle grad_h0, py::handle dW_ih,
+         py::handle dW_hh, py::handle db_ih, py::handle db_hh, py::handle grad_norms) {
+        py::array xa = to_array(x, "x");
+        dispatch_dtype(xa, [&](auto tag) {
+          backward_impl<decltype(tag)>(xa, W_ih, W_hh, h0, out, grad_out, grad_h_n, lengths, nonlinearity,
+                                       reverse, grad_x, accumulate_grad_x, grad_h0, dW_ih, dW_hh, db_ih,
+                                       db_hh, grad_norms);
+        });
+      },
+      py::arg("x"), py::arg("W_ih"), py::arg("W_hh"), py::arg("h0"), py::arg("out"), py::arg("grad_out"),
+      py::arg("grad_h_n"), py::arg("lengths"), py::arg("nonlinearity"), py::arg("reverse"),
+      py::arg("grad_x"), py::arg("accumulate_grad_x"), py::arg("grad_h0"), py::arg("dW_ih"),
+      py::arg("dW_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("grad_norms"),
+      "Fused BPTT of one layer and direction; accumulates into dW_ih, dW_hh, db_ih, db_hh.");
+
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) value_error("num_threads must be >= 1, got " + std::to_string(n));
+    cpu::blas_set_num_threads(n);
+  });
+  m.def("get_num_threads", []() { return cpu::blas_get_num_threads(); });
+  m.def("info", []() {
+    py::dict d;
+    d["blas"] = "OpenBLAS (scipy-openblas32)";
+    d["blas_config"] = std::string(cpu::blas_config());
+    d["blas_corename"] = std::string(cpu::blas_corename());
+    d["blas_threads"] = cpu::blas_get_num_threads();
+    return d;
+  });
+}

@@ -1,0 +1,65 @@
+// OpenBLAS glue: the one file that includes cblas.h. Splits products whose sizes exceed the
+// 32-bit BLAS integers, so callers can pass any 64-bit size.
+#include "blas.h"
+
+#include <algorithm>
+#include <cblas.h>
+
+namespace elman {
+namespace cpu {
+namespace {
+
+constexpr int64_t kMaxBlasDim = int64_t(1) << 30;  // comfortably inside blasint (int32)
+
+void gemm_raw(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B, blasint(ldb),
+                    beta, C, blasint(ldc));
+}
+void gemm_raw(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+              int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B, blasint(ldb),
+                    beta, C, blasint(ldc));
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, scalar_t alpha, const scalar_t* A,
+          int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {  // C = beta * C (BLAS does the same; done here so K = 0 never reaches it)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == scalar_t(0) ? scalar_t(0) : beta * C[i * ldc + j];
+    return;
+  }
+  // Element (i, k) of op(A) lives at A[i*lda + k] (no trans) or A[k*lda + i] (trans).
+  auto a_at = [&](int64_t i, int64_t k) { return ta ? A + k * lda + i : A + i * lda + k; };
+  auto b_at = [&](int64_t k, int64_t j) { return tb ? B + j * ldb + k : B + k * ldb + j; };
+  for (int64_t i0 = 0; i0 < M; i0 += kMaxBlasDim) {
+    const int64_t m = std::min(kMaxBlasDim, M - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += kMaxBlasDim) {
+      const int64_t n = std::min(kMaxBlasDim, N - j0);
+      for (int64_t k0 = 0; k0 < K; k0 += kMaxBlasDim) {
+        const int64_t k = std::min(kMaxBlasDim, K - k0);
+        gemm_raw(ta, tb, m, n, k, alpha, a_at(i0, k0), lda, b_at(k0, j0), ldb,
+                 k0 == 0 ? beta : scalar_t(1), C + i0 * ldc + j0, ldc);
+      }
+    }
+  }
+}
+
+template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                           const double*, int64_t, double, double*, int64_t);
+
+void blas_set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
+int blas_get_num_threads() { return scipy_openblas_get_num_threads(); }
+const char* blas_config() { return scipy_openblas_get_config(); }
+const char* blas_corename() { return scipy_openblas_get_corename(); }
+
+}  // namespace cpu
+}  // namespace elman

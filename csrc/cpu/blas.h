@@ -1,0 +1,22 @@
+// The large matrix products of the CPU backend, through the bundled OpenBLAS
+// (scipy-openblas32: 32-bit BLAS integers, symbols prefixed scipy_).
+#pragma once
+#include <cstdint>
+
+namespace elman {
+namespace cpu {
+
+// C[M, N] = alpha * op(A) op(B) + beta * C, row-major; op(X) = X^T when trans_X.
+// 64-bit sizes: products too large for the BLAS's 32-bit integers are split into pieces.
+template <typename scalar_t>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, scalar_t alpha,
+          const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta,
+          scalar_t* C, int64_t ldc);
+
+void blas_set_num_threads(int n);
+int blas_get_num_threads();
+const char* blas_config();    // OpenBLAS's build configuration string
+const char* blas_corename();  // the kernel family OpenBLAS chose for this CPU
+
+}  // namespace cpu
+}  // namespace elman

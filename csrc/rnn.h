@@ -1,0 +1,90 @@
+// THE kernel contract of elman: plain structs of sizes and pointers and the entry points every
+// backend implements (cpu today, cuda behind the same structs). No Python, no pybind11 here.
+#pragma once
+#include <cstdint>
+
+namespace elman {
+
+// ---------------------------------------------------------------------------------------------
+// Shape legend (written once, used everywhere):
+//   T  time steps     B  batch     I  input features     H  hidden units
+// All arrays are row-major with the rightmost dimension contiguous. A sequence array
+// [T, B, X] is addressed p[(t * B + b) * ld + j] where `ld` >= X is its row stride; only the
+// `out` / `grad_out` arrays take a stride other than X, so that the two directions of a
+// bidirectional layer write to and read from the halves of one [T, B, 2H] array.
+//
+// One call runs one layer in one direction over the whole sequence:
+//   z_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh,   h_t = f(z_t),   f = tanh | relu
+// "Processing order" is t = 0 .. T-1, or t = T-1 .. 0 when `reverse` is set.
+//
+// Variable lengths (`lengths`, the semantics of a packed sequence): step t is valid for
+// sequence b iff t < lengths[b]. Invalid steps leave the state unchanged and write 0 to `out`;
+// h_n holds each sequence's state after its last valid step in processing order, and the
+// reverse direction starts from h0 at t = lengths[b] - 1. Nothing at an invalid step, neither
+// x nor out, contributes to any result (padding content is never read into a sum).
+// ---------------------------------------------------------------------------------------------
+
+enum class Activation : int32_t { tanh = 0, relu = 1 };
+
+// Sizes and flags shared by forward and backward.
+struct RnnShape {
+  int64_t T = 0, B = 0, I = 0, H = 0;
+  Activation act = Activation::tanh;
+  bool reverse = false;              // process t = T-1 .. 0
+  const int64_t* lengths = nullptr;  // [B], 1 <= lengths[b] <= T; nullptr: every sequence has T
+};
+
+// The parameters of one layer in one direction (read-only for every entry point).
+template <typename scalar_t>
+struct RnnWeights {
+  const scalar_t* W_ih = nullptr;  // [H, I]
+  const scalar_t* W_hh = nullptr;  // [H, H]
+  const scalar_t* b_ih = nullptr;  // [H], or nullptr for a layer without bias
+  const scalar_t* b_hh = nullptr;  // [H], or nullptr
+};
+
+template <typename scalar_t>
+struct RnnForwardArgs {
+  RnnShape shape;
+  RnnWeights<scalar_t> w;
+  const scalar_t* x = nullptr;   // [T, B, I], contiguous
+  const scalar_t* h0 = nullptr;  // [B, H], or nullptr for zeros
+  scalar_t* out = nullptr;       // [T, B, H], row stride ld_out: h_t at valid steps, 0 elsewhere
+  int64_t ld_out = 0;            // >= H
+  scalar_t* h_n = nullptr;       // [B, H]: state after each sequence's last valid step
+};
+
+// BPTT through one forward call. The forward's `out` is the only state it needs: the training
+// forward stores nothing else (f' is computed from h: tanh' = 1 - h^2, relu' = [h > 0]).
+template <typename scalar_t>
+struct RnnBackwardArgs {
+  RnnShape shape;
+  RnnWeights<scalar_t> w;          // biases are not read; their gradients are dz sums
+  const scalar_t* x = nullptr;     // [T, B, I], the forward's input
+  const scalar_t* h0 = nullptr;    // [B, H], or nullptr for zeros
+  const scalar_t* out = nullptr;   // [T, B, H], row stride ld_out: the forward's out
+  int64_t ld_out = 0;
+  const scalar_t* grad_out = nullptr;  // [T, B, H], row stride ld_grad_out, or nullptr (zeros)
+  int64_t ld_grad_out = 0;
+  const scalar_t* grad_h_n = nullptr;  // [B, H], or nullptr (zeros)
+
+  scalar_t* grad_x = nullptr;      // [T, B, I], or nullptr (not wanted); rows past a
+  bool accumulate_grad_x = false;  //   sequence's length get 0 (or nothing added)
+  scalar_t* grad_h0 = nullptr;     // [B, H] written, or nullptr (not wanted)
+  scalar_t* dW_ih = nullptr;       // [H, I] accumulated (+=)
+  scalar_t* dW_hh = nullptr;       // [H, H] accumulated (+=)
+  scalar_t* db_ih = nullptr;       // [H] accumulated, or nullptr
+  scalar_t* db_hh = nullptr;       // [H] accumulated, or nullptr
+  double* grad_norms = nullptr;    // [T] written, or nullptr: ||dL/dh_t||_2 over all valid
+                                   //   (b, j) at time t; 0 where no sequence is valid
+  scalar_t* dz = nullptr;          // [T, B, H] scratch (contents on entry are ignored)
+};
+
+// Entry points of the CPU backend (csrc/cpu). Arguments are assumed valid: the bindings
+// validate every size, pointer and dtype before calling.
+template <typename scalar_t>
+void rnn_forward_cpu(const RnnForwardArgs<scalar_t>& a);
+template <typename scalar_t>
+void rnn_backward_cpu(const RnnBackwardArgs<scalar_t>& a);
+
+}  // namespace elman

@@ -1,0 +1,189 @@
+"""Kernel entry points: one layer in one direction, forward and BPTT, on a chosen backend.
+
+These are what the layers call. Arguments are validated here, with messages that name the
+argument and give expected vs actual, so every backend reports bad input the same way.
+Shape legend: T time steps, B batch, I input features, H hidden units.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from . import _backend, reference
+
+__all__ = ["rnn_forward", "rnn_backward", "RNNGrads"]
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+NONLINEARITIES = ("tanh", "relu")
+
+RNNGrads = namedtuple("RNNGrads", ["grad_x", "grad_h0", "grad_weight_ih", "grad_weight_hh",
+                                   "grad_bias_ih", "grad_bias_hh", "grad_norms"])
+RNNGrads.__doc__ = """Gradients of one layer and direction. ``grad_norms`` (T,) float64 holds
+||dL/dh_t||_2 over the valid (b, j) at each step t (0 where no sequence is valid)."""
+
+
+# ----------------------------------------------------------------------------- validation
+def as_array(a, name, dtype):
+    """``a`` as an ndarray of exactly ``dtype``; TypeError otherwise (never a silent cast).
+
+    The only conversion is a byte-order swap of the same float type, which keeps every value.
+    """
+    if not isinstance(a, np.ndarray):
+        try:
+            a = np.asarray(a)
+        except Exception as exc:
+            raise TypeError(f"{name} must be an array of {np.dtype(dtype).name}, got "
+                            f"{type(a).__name__} ({exc})") from None
+    if a.dtype != dtype:
+        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") == dtype:
+            return a.astype(dtype)
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    return a
+
+
+def check_shape(a, name, expected):
+    if a.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)}, got {a.shape}")
+
+
+def check_nonlinearity(nonlinearity):
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+
+
+def as_lengths(lengths, T, B):
+    """``lengths`` as a contiguous int64 (B,) array with 1 <= lengths[b] <= T, or None."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one length per sequence), "
+                         f"got {arr.shape}")
+    if B and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must be in [1, T] = [1, {T}], got values from "
+                         f"{arr.min()} to {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
+    """Validates one layer's input and weights; returns (x, T, B, I, H, dtype)."""
+    check_nonlinearity(nonlinearity)
+    weight_hh = np.asarray(weight_hh)
+    dtype = weight_hh.dtype
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weight_hh must have dtype float32 or float64, got {dtype}")
+    if weight_hh.ndim != 2 or weight_hh.shape[0] != weight_hh.shape[1]:
+        raise ValueError(f"weight_hh must have shape (H, H), got {weight_hh.shape}")
+    H = weight_hh.shape[0]
+    x = as_array(x, "x", dtype)
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-D (T, B, I), got {x.ndim}-D with shape {x.shape}")
+    T, B, I = x.shape
+    if T == 0:
+        raise ValueError("Expected sequence length to be larger than 0 in RNN, got x with T = 0")
+    check_shape(as_array(weight_ih, "weight_ih", dtype), "weight_ih", (H, I))
+    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if b is not None:
+            check_shape(as_array(b, name, dtype), name, (H,))
+    return x, T, B, I, H, dtype
+
+
+def _optional(a, name, dtype, shape):
+    if a is None:
+        return None
+    a = as_array(a, name, dtype)
+    check_shape(a, name, shape)
+    return a
+
+
+# ----------------------------------------------------------------------------- forward
+def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, lengths=None,
+                nonlinearity="tanh", reverse=False, *, out=None, backend=None):
+    """Fused forward of one layer in one direction.
+
+    x (T, B, I), weight_ih (H, I), weight_hh (H, H), bias_ih / bias_hh (H,) or None,
+    h0 (B, H) or None (zeros), lengths (B,) ints in [1, T] or None. ``out``: an optional
+    preallocated (T, B, H) array to write into (a column slice of a (T, B, 2H) array is fine).
+    Returns ``(out, h_n)``: out (T, B, H) with 0 past each sequence's length, h_n (B, H).
+    """
+    backend = _backend.resolve(backend)
+    x, T, B, I, H, dtype = _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
+    h0 = _optional(h0, "h0", dtype, (B, H))
+    lengths = as_lengths(lengths, T, B)
+    if out is None:
+        out = np.empty((T, B, H), dtype)
+    else:
+        out = as_array(out, "out", dtype)
+        check_shape(out, "out", (T, B, H))
+    h_n = np.empty((B, H), dtype)
+    if B == 0:
+        return out, h_n
+    if backend == "cpu":
+        _backend.core().rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                                    nonlinearity, bool(reverse), out, h_n)
+    else:
+        o, hn = reference.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                                      nonlinearity, bool(reverse))
+        out[...] = o
+        h_n[...] = hn
+    return out, h_n
+
+
+# ----------------------------------------------------------------------------- backward
+def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=None,
+                 lengths=None, nonlinearity="tanh", reverse=False, bias=True, *, grads=None,
+                 grad_x=None, accumulate_grad_x=False, backend=None):
+    """Fused BPTT through one ``rnn_forward`` call (same x, weights, h0, lengths; its ``out``).
+
+    grad_out (T, B, H) and grad_h_n (B, H) are dL/d out and dL/d h_n (None: zeros).
+    ``grads``: optional (dW_ih, dW_hh, db_ih, db_hh) arrays to accumulate (+=) into, e.g. the
+    parameters' ``.grad``; db_* are None when ``bias`` is False. ``grad_x``: optional (T, B, I)
+    array to write (or, with ``accumulate_grad_x``, add) the input gradient into.
+    Returns :class:`RNNGrads`.
+    """
+    backend = _backend.resolve(backend)
+    x, T, B, I, H, dtype = _check_layer(x, weight_ih, weight_hh, None, None, nonlinearity)
+    out = as_array(out, "out", dtype)
+    check_shape(out, "out", (T, B, H))
+    h0 = _optional(h0, "h0", dtype, (B, H))
+    grad_out = _optional(grad_out, "grad_out", dtype, (T, B, H))
+    grad_h_n = _optional(grad_h_n, "grad_h_n", dtype, (B, H))
+    lengths = as_lengths(lengths, T, B)
+    if grads is None:
+        grads = (np.zeros((H, I), dtype), np.zeros((H, H), dtype),
+                 np.zeros(H, dtype) if bias else None, np.zeros(H, dtype) if bias else None)
+    dW_ih, dW_hh, db_ih, db_hh = grads
+    for name, g, shape in (("grad_weight_ih", dW_ih, (H, I)), ("grad_weight_hh", dW_hh, (H, H)),
+                           ("grad_bias_ih", db_ih, (H,)), ("grad_bias_hh", db_hh, (H,))):
+        if g is not None:
+            check_shape(as_array(g, name, dtype), name, shape)
+    if grad_x is None:
+        grad_x = np.zeros((T, B, I), dtype)
+        accumulate_grad_x = False
+    else:
+        check_shape(as_array(grad_x, "grad_x", dtype), "grad_x", (T, B, I))
+    grad_h0 = np.zeros((B, H), dtype)
+    norms = np.zeros(T)
+    if B == 0:
+        return RNNGrads(grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)
+    if backend == "cpu":
+        _backend.core().rnn_backward(x, weight_ih, weight_hh, h0, out, grad_out, grad_h_n, lengths,
+                                     nonlinearity, bool(reverse), grad_x, bool(accumulate_grad_x),
+                                     grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)
+    else:
+        r = reference.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                                   nonlinearity, bool(reverse))
+        dW_ih += r["dW_ih"].astype(dtype)
+        dW_hh += r["dW_hh"].astype(dtype)
+        for db in (db_ih, db_hh):
+            if db is not None:
+                db += r["db"].astype(dtype)
+        if accumulate_grad_x:
+            grad_x += r["grad_x"].astype(dtype)
+        else:
+            grad_x[...] = r["grad_x"]
+        grad_h0[...] = r["grad_h0"]
+        norms[...] = r["grad_norms"]
+    return RNNGrads(grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)

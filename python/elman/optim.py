@@ -1,0 +1,152 @@
+"""SGD with momentum / Nesterov / weight decay and gradient clipping (global L2 norm as
+``torch.nn.utils.clip_grad_norm_``, or elementwise value as ``clip_grad_value_``)."""
+
+import math
+from numbers import Real
+
+import numpy as np
+
+from .layers import Module, Parameter
+
+__all__ = ["SGD", "clip_grad_norm_", "clip_grad_value_", "grad_norm"]
+
+
+def _param_list(params):
+    if isinstance(params, Module):
+        params = params.parameters()
+    if isinstance(params, Parameter):
+        params = [params]
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"params must be an iterable of elman.Parameter, got "
+                        f"{type(params).__name__}") from None
+    for p in params:
+        if not isinstance(p, Parameter):
+            raise TypeError(f"params must hold elman.Parameter objects, got {type(p).__name__}")
+    if len({id(p) for p in params}) != len(params):
+        raise ValueError("params must not contain the same Parameter twice")
+    return params
+
+
+def _hyper(value, name, positive=False, optional=False):
+    """A finite real number >= 0 (> 0 when ``positive``), or None when ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value}")
+    return value
+
+
+def grad_norm(params):
+    """Global L2 norm of all gradients, as a Python float, computed in float64 with scaling so
+    that finite gradients never overflow (a float32 sum of squares can)."""
+    grads = [p.grad for p in _param_list(params) if p.grad.size]
+    if not grads:
+        return 0.0
+    m = max(float(np.max(np.abs(g))) for g in grads)
+    if m == 0.0 or not math.isfinite(m):
+        return m if not math.isnan(m) else float("nan")
+    sq = sum(float(np.sum(np.square(g.astype(np.float64) / m))) for g in grads)
+    return m * math.sqrt(sq)
+
+
+def _nonfinite_error(norm):
+    return FloatingPointError(
+        f"the total norm of the gradients is {norm}; clipping would turn every gradient into "
+        "NaN, so nothing was changed. Pass error_if_nonfinite=False to proceed anyway.")
+
+
+def _scale_to_norm(params, norm, max_norm):
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0 or math.isnan(coef):
+        for p in params:
+            p.grad *= coef
+
+
+def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
+    """Scales all gradients in place so that their global L2 norm is at most ``max_norm``
+    (coefficient max_norm / (norm + 1e-6), applied only when below 1, as torch). Returns the
+    norm before clipping. A non-finite norm raises FloatingPointError and changes nothing,
+    unless ``error_if_nonfinite`` is False."""
+    params = _param_list(params)
+    max_norm = _hyper(max_norm, "max_norm")
+    norm = grad_norm(params)
+    if not math.isfinite(norm) and error_if_nonfinite:
+        raise _nonfinite_error(norm)
+    _scale_to_norm(params, norm, max_norm)
+    return norm
+
+
+def clip_grad_value_(params, clip_value):
+    """Clamps every gradient element to [-clip_value, clip_value] in place (NaN stays NaN)."""
+    params = _param_list(params)
+    clip_value = _hyper(clip_value, "clip_value")
+    for p in params:
+        np.clip(p.grad, -clip_value, clip_value, out=p.grad)
+
+
+class SGD:
+    """Stochastic gradient descent with the update rule of ``torch.optim.SGD`` (dampening 0):
+
+        g = grad + weight_decay * w;  buf = momentum * buf + g  (buf = g at the first step)
+        g = g + momentum * buf if nesterov else buf;  w -= lr * g
+
+    ``step()`` first clips the gradients in place (``clip_norm``: global L2 norm, then
+    ``clip_value``: elementwise), then updates, and returns the global gradient norm measured
+    before clipping. A non-finite gradient norm raises FloatingPointError and leaves every
+    parameter, gradient and momentum buffer unchanged (``error_if_nonfinite=False`` lets it
+    through, as torch would).
+    """
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 clip_norm=None, clip_value=None, error_if_nonfinite=True):
+        self.params = _param_list(params)
+        self.lr = _hyper(lr, "lr")
+        self.momentum = _hyper(momentum, "momentum")
+        self.weight_decay = _hyper(weight_decay, "weight_decay")
+        self.clip_norm = _hyper(clip_norm, "clip_norm", optional=True)
+        self.clip_value = _hyper(clip_value, "clip_value", positive=True, optional=True)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self.nesterov = bool(nesterov)
+        self.error_if_nonfinite = bool(error_if_nonfinite)
+        self._buffers = [None] * len(self.params)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.zero_grad()
+
+    def step(self):
+        norm = grad_norm(self.params)
+        if not math.isfinite(norm) and self.error_if_nonfinite:
+            raise _nonfinite_error(norm)
+        if self.clip_norm is not None:
+            _scale_to_norm(self.params, norm, self.clip_norm)
+        if self.clip_value is not None:
+            for p in self.params:
+                np.clip(p.grad, -self.clip_value, self.clip_value, out=p.grad)
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if self.weight_decay:
+                g = g + self.weight_decay * p.data
+            if self.momentum:
+                buf = self._buffers[i]
+                if buf is None:
+                    buf = self._buffers[i] = np.array(g, copy=True)
+                else:
+                    buf *= self.momentum
+                    buf += g
+                g = g + self.momentum * buf if self.nesterov else buf
+            p.data -= self.lr * g
+        return norm
+
+    def __repr__(self):
+        return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
+                f"weight_decay={self.weight_decay}, clip_norm={self.clip_norm}, "
+                f"clip_value={self.clip_value})")
