@@ -229,15 +229,15 @@ void backward_impl(py::array x_in, py::handle W_ih, py::handle W_hh, py::handle 
   rnn_backward_cpu<T>(a);
 }
 
-// The dtype of x picks the instantiation; every other array must match it.
+// The dtype of the first array picks the instantiation; every other array must match it.
 template <typename F>
-void dispatch_dtype(const py::array& x, F&& f) {
+void dispatch_dtype(const py::array& x, const char* name, F&& f) {
   if (x.dtype().equal(py::dtype::of<float>()))
     f(float{});
   else if (x.dtype().equal(py::dtype::of<double>()))
     f(double{});
   else
-    type_error("x must have dtype float32 or float64, got " + dtype_str(x));
+    type_error(std::string(name) + " must have dtype float32 or float64, got " + dtype_str(x));
 }
 
 }  // namespace
@@ -251,7 +251,7 @@ PYBIND11_MODULE(_core, m) {
          py::handle h0, py::handle lengths, const std::string& nonlinearity, bool reverse,
          py::handle out, py::handle h_n) {
         py::array xa = to_array(x, "x");
-        dispatch_dtype(xa, [&](auto tag) {
+        dispatch_dtype(xa, "x", [&](auto tag) {
           forward_impl<decltype(tag)>(xa, W_ih, W_hh, b_ih, b_hh, h0, lengths, nonlinearity, reverse, out, h_n);
         });
       },
@@ -266,7 +266,7 @@ PYBIND11_MODULE(_core, m) {
          bool reverse, py::handle grad_x, bool accumulate_grad_x, py::handle grad_h0, py::handle dW_ih,
          py::handle dW_hh, py::handle db_ih, py::handle db_hh, py::handle grad_norms) {
         py::array xa = to_array(x, "x");
-        dispatch_dtype(xa, [&](auto tag) {
+        dispatch_dtype(xa, "x", [&](auto tag) {
           backward_impl<decltype(tag)>(xa, W_ih, W_hh, h0, out, grad_out, grad_h_n, lengths, nonlinearity,
                                        reverse, grad_x, accumulate_grad_x, grad_h0, dW_ih, dW_hh, db_ih,
                                        db_hh, grad_norms);
@@ -277,6 +277,28 @@ PYBIND11_MODULE(_core, m) {
       py::arg("grad_x"), py::arg("accumulate_grad_x"), py::arg("grad_h0"), py::arg("dW_ih"),
       py::arg("dW_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("grad_norms"),
       "Fused BPTT of one layer and direction; accumulates into dW_ih, dW_hh, db_ih, db_hh.");
+
+  m.def(
+      "blas_gemm",
+      [](py::handle A, py::handle B, py::handle C) {
+        py::array a = to_array(A, "A");
+        dispatch_dtype(a, "A", [&](auto tag) {
+          using T = decltype(tag);
+          if (a.ndim() != 2) value_error("A must be 2-D, got " + shape_str(shape_of(a)));
+          const int64_t M = a.shape(0), K = a.shape(1);
+          py::array b = to_array(B, "B");
+          if (b.ndim() != 2) value_error("B must be 2-D, got " + shape_str(shape_of(b)));
+          const int64_t N = b.shape(1);
+          std::vector<py::array> keep;
+          const T* pa = optional_input<T>(A, "A", {M, K}, keep);
+          const T* pb = optional_input<T>(B, "B", {K, N}, keep);
+          T* pc = output<T>(C, "C", {M, N});
+          py::gil_scoped_release nogil;
+          cpu::gemm<T>(false, false, M, N, K, T(1), pa, K, pb, N, T(0), pc, N);
+        });
+      },
+      py::arg("A"), py::arg("B"), py::arg("C"),
+      "C = A @ B through the bundled BLAS (used by `elman bench` to measure the peak).");
 
   m.def("set_num_threads", [](int n) {
     if (n < 1) value_error("num_threads must be >= 1, got " + std::to_string(n));

@@ -317,7 +317,7 @@ class RNN(Module):
         record = is_grad_enabled()
         h_n = np.empty((nL * D, B, H), self.dtype)
         layers = []
-        inp = x
+        inp, in_mask = x, None  # in_mask: the dropout mask that produced inp (None: no dropout)
         for k in range(nL):
             out = np.empty((T, B, D * H), self.dtype)
             for d in range(D):
@@ -327,15 +327,15 @@ class RNN(Module):
                                                   lengths, self.nonlinearity, reverse=d == 1,
                                                   out=out[:, :, d * H:(d + 1) * H],
                                                   backend=self.backend)
-            mask = None
+            if record:
+                layers.append((inp, out, in_mask))
+            in_mask = None
             if self.training and self.dropout > 0 and k < nL - 1:
                 keep = 1.0 - self.dropout
-                mask = (self._rng.random(out.shape) < keep).astype(self.dtype)
+                in_mask = (self._rng.random(out.shape) < keep).astype(self.dtype)
                 if keep > 0:
-                    mask /= self.dtype.type(keep)
-            if record:
-                layers.append((inp, out, mask))
-            inp = out if mask is None else out * mask
+                    in_mask /= self.dtype.type(keep)
+            inp = out if in_mask is None else out * in_mask
         self._ctx = (layers, h0, lengths, batched, x.shape) if record else None
         if not batched:
             return out[:, 0, :], h_n[:, 0, :]
@@ -369,7 +369,7 @@ class RNN(Module):
         norms = {}
         g_layer = grad_out
         for k in reversed(range(nL)):
-            inp, out, mask = layers[k]
+            inp, out, in_mask = layers[k]
             gx = np.zeros(inp.shape, self.dtype)
             for d in range(D):
                 sfx, W_ih, W_hh, _, _ = self._layer_params(k, d)
@@ -387,8 +387,8 @@ class RNN(Module):
                                    accumulate_grad_x=d > 0, backend=self.backend)
                 grad_h0[k * D + d] = r.grad_h0
                 norms[sfx] = r.grad_norms
-            if mask is not None:
-                gx *= mask
+            if in_mask is not None:
+                gx *= in_mask
             g_layer = gx
         self.grad_norms = norms
         grad_x = g_layer
@@ -498,18 +498,20 @@ class Linear(Module):
         super().__init__()
         self.in_features = _check_size(in_features, "in_features")
         self.out_features = _check_size(out_features, "out_features")
-        self.bias = _check_bool(bias, "bias")
+        has_bias = _check_bool(bias, "bias")
         self.dtype = _check_dtype(dtype)
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         self._add_param("weight", self._uniform(rng, (self.out_features, self.in_features), bound, self.dtype))
-        if self.bias:
+        if has_bias:  # as torch: .bias is the Parameter, or None
             self._add_param("bias", self._uniform(rng, (self.out_features,), bound, self.dtype))
+        else:
+            self.bias = None
         self._ctx = None
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias})")
+                f"bias={self.bias is not None})")
 
     def forward(self, x):
         x = F.as_array(x, "input", self.dtype)
@@ -517,8 +519,8 @@ class Linear(Module):
             raise ValueError(f"Linear: input.shape[-1] must be in_features = {self.in_features}, "
                              f"got shape {x.shape}")
         y = x @ self._params["weight"].data.T
-        if self.bias:
-            y += self._params["bias"].data
+        if self.bias is not None:
+            y += self.bias.data
         self._ctx = x if is_grad_enabled() else None
         return y
 
@@ -530,8 +532,8 @@ class Linear(Module):
         self._ctx = None
         g2 = g.reshape(-1, self.out_features)
         self._params["weight"].grad += g2.T @ x.reshape(-1, self.in_features)
-        if self.bias:
-            self._params["bias"].grad += g2.sum(axis=0)
+        if self.bias is not None:
+            self.bias.grad += g2.sum(axis=0)
         return g @ self._params["weight"].data
 
 

@@ -1,0 +1,165 @@
+"""Command line: ``elman info`` and ``elman bench`` (also ``python -m elman``)."""
+
+import argparse
+import json
+import statistics
+import sys
+
+from . import _backend
+
+
+def _info(args):
+    import numpy as np
+    from . import __version__
+    print(f"elman {__version__}")
+    print(f"backends: {', '.join(_backend.available())}")
+    if _backend._core is None:
+        print(f"compiled kernels: not available ({_backend._core_error})")
+        return 0
+    core = _backend.core()
+    for k, v in core.info().items():
+        print(f"{k}: {v}")
+    print(f"threads: {core.get_num_threads()}")
+    print(f"numpy: {np.__version__}")
+    return 0
+
+
+def _parse_shape(text):
+    try:
+        parts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is T,B,I,H (four integers), got {text!r}") from None
+    if len(parts) != 4 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"a shape is T,B,I,H (four positive integers), got {text!r}")
+    return parts
+
+
+def _fmt_ms(s):
+    return f"{s * 1e3:9.3f}" if s is not None else f"{'-':>9}"
+
+
+def _table(rows, mode, backends, peak):
+    head = f"{'T':>5} {'B':>4} {'I':>5} {'H':>5} |" + "".join(f"{b + ' ms':>10}" for b in backends)
+    others = [b for b in backends if b != "cpu"]
+    head += " |" + "".join(f"{'vs ' + b:>10}" for b in others) + f" |{'GFLOP/s':>9}{'% peak':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        t = {b: r[mode][b]["median_s"] for b in backends if b in r[mode]}
+        line = "{:>5} {:>4} {:>5} {:>5} |".format(*r["shape"]) + "".join(_fmt_ms(t.get(b)) + " " for b in backends)
+        line += " |" + "".join(f"{t[b] / t['cpu']:9.2f}x" if "cpu" in t and b in t else f"{'-':>10}" for b in others)
+        if "cpu" in t:
+            gf = r[mode + "_gflops"] / t["cpu"]
+            line += f" |{gf:9.1f}" + (f"{100 * gf / peak:7.1f}%" if peak else f"{'-':>8}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _bench(args):
+    from . import _bench as B
+    backends = B.available_backends()
+    if args.backends:
+        unknown = set(args.backends) - set(backends)
+        if unknown:
+            print(f"elman bench: backends not available here: {sorted(unknown)}; available: {backends}",
+                  file=sys.stderr)
+            return 2
+        backends = args.backends
+    if "cpu" in backends and args.threads:
+        _backend.core().set_num_threads(args.threads)
+    if "torch" in backends:
+        import torch
+        torch.set_num_threads(args.threads or _backend.core().get_num_threads())
+    shapes = args.shapes or B.load_shapes("quick" if args.quick else "default")
+    dtypes = args.dtype or (["float32"] if args.quick else ["float32", "float64"])
+    rounds = args.rounds or (3 if args.quick else 7)
+    info = B.machine_info()
+    single, peak = B.blas_peak() if "cpu" in backends else (None, None)
+    print("elman bench: one RNN layer (tanh), median of alternating timed blocks")
+    for k, v in info.items():
+        print(f"  {k}: {v}")
+    if peak:
+        print(f"  peak: {peak:.1f} GFLOP/s (2 x {single:.1f}, the single-thread float32 matrix-product "
+              f"rate of elman's BLAS, measured now)")
+    if "OPENBLAS_CORETYPE" in info.get("env_OPENBLAS_CORETYPE", "") or "env_OPENBLAS_CORETYPE" in info:
+        print("  note: OPENBLAS_CORETYPE is set; it forces an older OpenBLAS kernel and slows every BLAS")
+    rows = B.run(shapes, dtypes, backends, rounds=rounds, target_s=args.block, progress=args.progress)
+    for dtype in dtypes:
+        sub = [r for r in rows if r["dtype"] == dtype]
+        bad = [(r["shape"], b, e) for r in sub for b, (ok, e) in r["check"].items() if not ok]
+        status = "all backends agree with the float64 reference" if not bad else f"MISMATCH: {bad}"
+        print(f"\ncheck ({dtype}): {status}")
+        for mode, title in (("forward", "forward"), ("forward_backward", "forward + backward")):
+            print(f"\n{title}, {dtype} (GFLOP/s and % peak for cpu; peak is float32)")
+            print(_table(sub, mode, backends, peak if dtype == "float32" else None))
+    cell_rows = []
+    if not args.no_cell and ("cpu" in backends or "torch" in backends):
+        cell_rows = B.run_cell(B.load_shapes("cell"), backends, rounds=rounds, target_s=args.block)
+        print("\nstreaming inference: one RNNCell step per call from Python, float32")
+        for r in cell_rows:
+            t = r["times"]
+            line = "  B,I,H={}: ".format(",".join(map(str, r["shape"])))
+            line += ", ".join(f"{k} {v * 1e6:.2f} us" for k, v in t.items())
+            if "cpu" in t and "torch" in t:
+                line += f"  (cpu is {t['torch'] / t['cpu']:.1f}x faster)"
+            print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "peak_gflops": peak, "single_thread_gflops": single,
+                       "rows": rows, "cell": cell_rows}, f, indent=1, default=str)
+        print(f"\nraw numbers written to {args.json}")
+    if args.plot:
+        _plot(rows, backends, args.plot)
+        print(f"plot written to {args.plot}")
+    failed = any(not ok for r in rows for ok, _ in r["check"].values())
+    return 1 if failed else 0
+
+
+def _plot(rows, backends, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("elman bench --plot needs matplotlib (pip install matplotlib)") from None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, mode in zip(axes, ("forward", "forward_backward")):
+        for b in (b for b in backends if b != "cpu"):
+            for dtype, marker in (("float32", "o"), ("float64", "s")):
+                pts = sorted((r[mode + "_gflops"], r[mode][b]["median_s"] / r[mode]["cpu"]["median_s"])
+                             for r in rows if r["dtype"] == dtype and b in r[mode] and "cpu" in r[mode])
+                if pts:
+                    ax.plot(*zip(*pts), marker=marker, label=f"vs {b} ({dtype})")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("work per call (GFLOP)")
+        ax.set_title(mode.replace("_", " + "))
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("speed-up of elman cpu")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="elman", description="elman: fast Elman RNNs for NumPy")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="version, backends, kernels, BLAS and threads")
+    pb = sub.add_parser("bench", help="time elman against NumPy and torch.nn.RNN")
+    pb.add_argument("--quick", action="store_true", help="a small shape set, float32 only (< 1 minute)")
+    pb.add_argument("--shapes", nargs="+", type=_parse_shape, metavar="T,B,I,H", help="shapes to time")
+    pb.add_argument("--dtype", nargs="+", choices=["float32", "float64"])
+    pb.add_argument("--backends", nargs="+", help="subset of: cpu numpy torch")
+    pb.add_argument("--threads", type=int, help="threads for elman and torch (default: elman's default)")
+    pb.add_argument("--rounds", type=int, help="alternating timed blocks per backend (median taken)")
+    pb.add_argument("--block", type=float, default=0.05, help="seconds per timed block (default 0.05)")
+    pb.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
+    pb.add_argument("--plot", metavar="FILE.png", help="plot speed-up against work (needs matplotlib)")
+    pb.add_argument("--no-cell", action="store_true", help="skip the RNNCell streaming measurement")
+    pb.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar on stderr (default: when stderr is a terminal)")
+    args = parser.parse_args(argv)
+    return _info(args) if args.command == "info" else _bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
