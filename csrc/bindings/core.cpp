@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "../cpu/blas.h"
+#include "../cpu/kernels.h"
+#include "../cpu/threads.h"
 #include "../rnn.h"
 
 namespace py = pybind11;
@@ -300,17 +302,56 @@ PYBIND11_MODULE(_core, m) {
       py::arg("A"), py::arg("B"), py::arg("C"),
       "C = A @ B through the bundled BLAS (used by `elman bench` to measure the peak).");
 
-  m.def("set_num_threads", [](int n) {
-    if (n < 1) value_error("num_threads must be >= 1, got " + std::to_string(n));
-    cpu::blas_set_num_threads(n);
-  });
-  m.def("get_num_threads", []() { return cpu::blas_get_num_threads(); });
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1) value_error("num_threads must be >= 1, got " + std::to_string(n));
+        py::gil_scoped_release nogil;
+        cpu::set_num_threads(n);
+        cpu::blas_set_num_threads(1);
+      },
+      "Threads of the CPU kernels (the bundled BLAS runs single-threaded inside each).");
+  m.def("get_num_threads", []() { return cpu::get_num_threads(); });
+  m.def("default_num_threads", []() { return cpu::default_num_threads(); });
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        for (cpu::Isa isa : {cpu::Isa::baseline, cpu::Isa::avx2, cpu::Isa::avx512})
+          if (name == cpu::isa_name(isa)) return cpu::set_active_isa(isa);
+        value_error("unknown instruction set '" + name + "'; expected 'baseline', 'avx2' or 'avx512'");
+      },
+      py::arg("name"),
+      "Selects the kernels' instruction set level; returns False if this CPU lacks it.");
+  m.def("get_isa", []() { return std::string(cpu::isa_name(cpu::active_isa())); });
+  m.def(
+      "tanh",
+      [](py::handle x_in) {
+        py::array xa = to_array(x_in, "x");
+        py::object result;
+        dispatch_dtype(xa, "x", [&](auto tag) {
+          using T = decltype(tag);
+          std::vector<py::array> keep;
+          const T* x = optional_input<T>(xa, "x", shape_of(xa), keep);
+          py::array y = py::array(py::dtype::of<T>(), shape_of(xa));
+          T* py_ = static_cast<T*>(y.mutable_data());
+          const int64_t n = xa.size();
+          {
+            py::gil_scoped_release nogil;
+            cpu::kernels<T>().tanh(x, py_, n);
+          }
+          result = y;
+        });
+        return result;
+      },
+      py::arg("x"), "The kernels' vectorized tanh (active instruction set), for tests.");
   m.def("info", []() {
     py::dict d;
-    d["blas"] = "OpenBLAS (scipy-openblas32)";
+    d["isa"] = std::string(cpu::isa_name(cpu::active_isa()));
+    d["isa_supported"] = std::string(cpu::isa_name(cpu::best_supported_isa()));
+    d["threads"] = cpu::get_num_threads();
+    d["blas"] = "OpenBLAS (scipy-openblas32), single-threaded inside each elman thread";
     d["blas_config"] = std::string(cpu::blas_config());
     d["blas_corename"] = std::string(cpu::blas_corename());
-    d["blas_threads"] = cpu::blas_get_num_threads();
     return d;
   });
 }

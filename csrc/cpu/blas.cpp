@@ -56,6 +56,13 @@ template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const fl
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
                            const double*, int64_t, double, double*, int64_t);
 
+// elman splits large products across its own threads (threads.h) and calls OpenBLAS from each
+// of them single-threaded, so that only one thread pool ever spins on the cores.
+const bool g_single_threaded_blas = [] {
+  scipy_openblas_set_num_threads(1);
+  return true;
+}();
+
 void blas_set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
 int blas_get_num_threads() { return scipy_openblas_get_num_threads(); }
 const char* blas_config() { return scipy_openblas_get_config(); }

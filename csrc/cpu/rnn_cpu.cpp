@@ -1,204 +1,403 @@
 // CPU backend: fused forward and BPTT of one layer in one direction (the contract in rnn.h).
-// One call runs every time step: the input projection and the post-loop weight gradients are
-// single large products (BLAS), the recurrence is a loop over steps with the recurrent product,
-// bias and activation (or f' multiply) fused per row, and no allocation inside the loop.
+// One call runs every time step inside one parallel region:
+//   forward:  x W_ih^T for all T*B rows as one BLAS product written straight into out, W_hh
+//             packed once, then per step the register-blocked recurrent product with bias and
+//             activation fused (step_kernels.h);
+//   backward: per step (reverse order) the product with W_hh fused with grad_out, f' and the
+//             norm of dL/dh_t; then dW_ih, dW_hh, dX and grad_h0 as BLAS products and db.
+// Work is split into parts: by batch rows when there are enough (no synchronisation between
+// steps at all), else by column panels with one spin barrier per step. Large products are split
+// by rows of the result, each part a single-threaded BLAS call.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 #include <vector>
 
 #include "../rnn.h"
-#include "../rnn_math.h"
 #include "blas.h"
+#include "kernels.h"
+#include "threads.h"
 
 namespace elman {
 namespace {
 
-// Time index of processing step s.
+using cpu::Panel;
+using cpu::Team;
+
+// ------------------------------------------------------------------------------------ helpers
 inline int64_t time_of(const RnnShape& sh, int64_t s) { return sh.reverse ? sh.T - 1 - s : s; }
 inline int64_t length_of(const RnnShape& sh, int64_t b) { return sh.lengths ? sh.lengths[b] : sh.T; }
 inline bool is_valid(const RnnShape& sh, int64_t t, int64_t b) { return t < length_of(sh, b); }
-inline bool all_full(const RnnShape& sh) {
+inline int64_t first_step_time(const RnnShape& sh, int64_t b) { return sh.reverse ? length_of(sh, b) - 1 : 0; }
+inline int64_t last_step_time(const RnnShape& sh, int64_t b) { return sh.reverse ? 0 : length_of(sh, b) - 1; }
+bool all_full(const RnnShape& sh) {
   if (!sh.lengths) return true;
   for (int64_t b = 0; b < sh.B; ++b)
     if (sh.lengths[b] != sh.T) return false;
   return true;
 }
-// Time index of a sequence's first and last valid step in processing order.
-inline int64_t first_step_time(const RnnShape& sh, int64_t b) { return sh.reverse ? length_of(sh, b) - 1 : 0; }
-inline int64_t last_step_time(const RnnShape& sh, int64_t b) { return sh.reverse ? 0 : length_of(sh, b) - 1; }
+
+// 64-byte aligned scratch, freed on scope exit; std::bad_alloc when it cannot be had.
+template <typename T>
+struct Scratch {
+  T* p = nullptr;
+  explicit Scratch(int64_t n) {
+    const size_t bytes = (size_t(n > 0 ? n : 1) * sizeof(T) + 63) / 64 * 64;
+    p = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+  }
+  ~Scratch() { std::free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// [lo, hi) of part q when n items are split into P near-equal contiguous parts.
+inline void part_range(int64_t n, int P, int q, int64_t* lo, int64_t* hi) {
+  *lo = n * q / P;
+  *hi = n * (q + 1) / P;
+}
+
+// How a product is split: by rows of C, P parts, each at least ~1 MFLOP of work.
+int gemm_parts(int64_t M, int64_t N, int64_t K, int threads) {
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  int P = int(std::min<double>(threads, std::max(1.0, flops / 2e6)));
+  return std::max(1, std::min<int>(P, int(std::min<int64_t>(M, 1 << 20))));
+}
 
 template <typename T>
-inline T activate(Activation act, T z) {
-  return act == Activation::tanh ? std::tanh(z) : math::relu(z);
-}
-template <typename T>
-inline T activation_dz(Activation act, T h, T dh) {
-  return act == Activation::tanh ? math::tanh_dz(h, dh) : math::relu_dz(h, dh);
+struct Gemm {
+  bool ta = false, tb = false;
+  int64_t M = 0, N = 0, K = 0;
+  const T* A = nullptr;
+  int64_t lda = 0;
+  const T* B = nullptr;
+  int64_t ldb = 0;
+  T beta = T(0);
+  T* C = nullptr;
+  int64_t ldc = 0;
+  // Part q of P: rows [lo, hi) of C.
+  void run_part(int q, int P) const {
+    int64_t lo, hi;
+    part_range(M, P, q, &lo, &hi);
+    if (hi <= lo) return;
+    const T* a = ta ? A + lo : A + lo * lda;
+    cpu::gemm<T>(ta, tb, hi - lo, N, K, T(1), a, lda, B, ldb, beta, C + lo * ldc, ldc);
+  }
+};
+
+// ------------------------------------------------------------------------------------ plan
+// The recurrence: by batch rows when every part gets a few rows (no per-step barrier), else by
+// column panels (one barrier per step), else one part when a step is too small to share.
+struct RecurrencePlan {
+  int parts = 1;
+  bool by_rows = true;
+};
+
+RecurrencePlan plan_recurrence(int64_t B, int64_t H, int64_t npanels, int threads) {
+  RecurrencePlan p;
+  const double macs_per_step = double(B) * double(H) * double(H);
+  if (threads <= 1 || macs_per_step < 24576.0) return p;  // below ~1 us of work: stay alone
+  if (B >= 4 * threads) {
+    p.parts = threads;
+    return p;
+  }
+  if (npanels >= 2 && macs_per_step >= 65536.0) {
+    p.parts = int(std::min<int64_t>(threads, npanels));
+    p.by_rows = false;
+  }
+  return p;
 }
 
-// acc[0:n] += v * w[0:n]
+// Per-part row scratch for variable lengths: per-row pointers and validity of one step.
 template <typename T>
-inline void axpy(int64_t n, T v, const T* w, T* acc) {
-  for (int64_t j = 0; j < n; ++j) acc[j] += v * w[j];
-}
+struct RowScratch {
+  const T** ptr_a;
+  const T** ptr_b;
+  uint8_t* valid;
+};
 
 }  // namespace
 
+// ==================================================================================== forward
 template <typename T>
 void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
   const RnnShape& sh = a.shape;
   const int64_t nT = sh.T, B = sh.B, I = sh.I, H = sh.H, ld = a.ld_out;
   if (nT == 0 || B == 0) return;
+  const cpu::Kernels<T>& K = cpu::kernels<T>();
+  const int threads = cpu::get_num_threads();
+  const bool uniform = all_full(sh);
 
-  // Input projection for every (t, b) at once, written straight into out: out = x W_ih^T.
-  cpu::gemm<T>(false, true, nT * B, H, I, T(1), a.x, I, a.w.W_ih, I, T(0), a.out, ld);
-
-  std::vector<T> bias(H, T(0));  // b_ih + b_hh, added once per row in the step
-  for (int64_t j = 0; j < H; ++j)
-    bias[j] = (a.w.b_ih ? a.w.b_ih[j] : T(0)) + (a.w.b_hh ? a.w.b_hh[j] : T(0));
-  // W_hh^T, so that the step streams contiguous rows: z[j] += h[k] * W_hh^T[k, j].
-  std::vector<T> Wt(H * H);
-  for (int64_t j = 0; j < H; ++j)
-    for (int64_t k = 0; k < H; ++k) Wt[k * H + j] = a.w.W_hh[j * H + k];
-  std::vector<T> z(H);
-
-  for (int64_t s = 0; s < nT; ++s) {
-    const int64_t t = time_of(sh, s);
-    for (int64_t b = 0; b < B; ++b) {
-      T* o = a.out + (t * B + b) * ld;
-      if (!is_valid(sh, t, b)) {
-        std::fill(o, o + H, T(0));
-        continue;
-      }
-      const T* prev = nullptr;  // h_{t-1}: the previous valid step's output, else h0
-      if (s > 0 && is_valid(sh, time_of(sh, s - 1), b))
-        prev = a.out + (time_of(sh, s - 1) * B + b) * ld;
-      else if (a.h0)
-        prev = a.h0 + b * H;
-      for (int64_t j = 0; j < H; ++j) z[j] = o[j] + bias[j];
-      if (prev)
-        for (int64_t k = 0; k < H; ++k) axpy(H, prev[k], Wt.data() + k * H, z.data());
-      for (int64_t j = 0; j < H; ++j) o[j] = activate(sh.act, z[j]);
-    }
+  const int64_t npanels = K.plan_panels(H, nullptr);
+  std::vector<Panel> panels(npanels);
+  K.plan_panels(H, panels.data());
+  const int64_t packed_cols = panels.back().offset + int64_t(panels.back().nv) * K.width;
+  Scratch<T> Wp(packed_cols * H), bias(H), zeros(H);
+  for (int64_t j = 0; j < H; ++j) {
+    bias.p[j] = (a.w.b_ih ? a.w.b_ih[j] : T(0)) + (a.w.b_hh ? a.w.b_hh[j] : T(0));
+    zeros.p[j] = T(0);
   }
+  const RecurrencePlan rp = plan_recurrence(B, H, npanels, threads);
+  const Gemm<T> proj{false, true, nT * B, H, I, a.x, I, a.w.W_ih, I, T(0), a.out, ld};
+  const int gp = gemm_parts(nT * B, H, I, threads);
+  const int P = std::max(rp.parts, gp);
+  Scratch<const T*> row_ptrs(uniform ? 1 : rp.parts * B);
+  Scratch<uint8_t> row_valid(uniform ? 1 : rp.parts * B);
+
+  cpu::FwdStep<T> base;
+  base.H = H;
+  base.act = sh.act;
+  base.panels = panels.data();
+  base.Wp = Wp.p;
+  base.bias = bias.p;
+  base.zeros = zeros.p;
+  base.out = nullptr;
+  base.ld_out = ld;
+
+  // The step at processing index s for rows [r0, r1) and panels [p0, p1).
+  auto step = [&](int64_t s, int64_t r0, int64_t r1, int64_t p0, int64_t p1, int part) {
+    const int64_t t = time_of(sh, s);
+    cpu::FwdStep<T> st = base;
+    st.out = a.out + t * B * ld;
+    if (uniform) {
+      if (s > 0) {
+        st.prev = a.out + time_of(sh, s - 1) * B * ld;
+        st.ld_prev = ld;
+      } else {
+        st.prev = a.h0;
+        st.ld_prev = H;
+      }
+    } else {
+      const T** rows = row_ptrs.p + part * B;
+      uint8_t* valid = row_valid.p + part * B;
+      const int64_t tp = s > 0 ? time_of(sh, s - 1) : -1;
+      for (int64_t b = r0; b < r1; ++b) {
+        valid[b] = is_valid(sh, t, b);
+        if (tp >= 0 && is_valid(sh, tp, b)) rows[b] = a.out + (tp * B + b) * ld;
+        else rows[b] = a.h0 ? a.h0 + b * H : nullptr;
+      }
+      st.prev_rows = rows;
+      st.valid = valid;
+    }
+    K.fwd_step(st, r0, r1, p0, p1);
+  };
+
+  cpu::parallel(P, [&](Team& team) {
+    for (int q = team.tid(); q < gp; q += team.size()) proj.run_part(q, gp);
+    for (int q = team.tid(); q < P; q += team.size()) {
+      int64_t lo, hi;
+      part_range(npanels, P, q, &lo, &hi);
+      K.pack(a.w.W_hh, H, true, H, H, panels.data(), lo, hi, Wp.p);
+    }
+    team.barrier();
+    if (rp.by_rows) {
+      for (int q = team.tid(); q < rp.parts; q += team.size()) {
+        int64_t r0, r1;
+        part_range(B, rp.parts, q, &r0, &r1);
+        for (int64_t s = 0; s < nT; ++s) step(s, r0, r1, 0, npanels, q);
+      }
+    } else {
+      for (int64_t s = 0; s < nT; ++s) {
+        for (int q = team.tid(); q < rp.parts; q += team.size()) {
+          int64_t p0, p1;
+          part_range(npanels, rp.parts, q, &p0, &p1);
+          step(s, 0, B, p0, p1, q);
+        }
+        team.barrier();
+      }
+    }
+  });
+
   for (int64_t b = 0; b < B; ++b) {
     const T* last = a.out + (last_step_time(sh, b) * B + b) * ld;
     std::copy(last, last + H, a.h_n + b * H);
   }
 }
 
+// ==================================================================================== backward
 template <typename T>
 void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   const RnnShape& sh = a.shape;
   const int64_t nT = sh.T, B = sh.B, I = sh.I, H = sh.H, ld = a.ld_out;
   if (nT == 0 || B == 0) return;
+  const cpu::Kernels<T>& K = cpu::kernels<T>();
+  const int threads = cpu::get_num_threads();
+  const bool uniform = all_full(sh);
   T* dz = a.dz;  // [T, B, H], indexed by time
-  std::vector<T> g(H);
 
-  // BPTT: walk the steps in reverse processing order.
-  //   dh_t = grad_out_t + (dz of the next processed step) W_hh   (grad_h_n at the last step)
-  //   dz_t = dh_t * f'(h_t)
-  for (int64_t s = nT - 1; s >= 0; --s) {
+  const int64_t npanels = K.plan_panels(H, nullptr);
+  std::vector<Panel> panels(npanels);
+  K.plan_panels(H, panels.data());
+  const int64_t packed_cols = panels.back().offset + int64_t(panels.back().nv) * K.width;
+  Scratch<T> Wp(packed_cols * H), zeros(H), first(uniform ? 1 : B * H);
+  std::fill(zeros.p, zeros.p + H, T(0));
+  const RecurrencePlan rp = plan_recurrence(B, H, npanels, threads);
+  Scratch<double> sumsq(a.grad_norms ? rp.parts * nT : 1);
+  if (a.grad_norms) std::fill(sumsq.p, sumsq.p + rp.parts * nT, 0.0);
+  Scratch<const T*> row_ptrs(uniform ? 1 : 2 * rp.parts * B);
+  Scratch<uint8_t> row_valid(uniform ? 1 : rp.parts * B);
+
+  cpu::BwdStep<T> base;
+  base.H = H;
+  base.act = sh.act;
+  base.panels = panels.data();
+  base.Wp = Wp.p;
+  base.zeros = zeros.p;
+  base.ld_dzn = H;
+  base.ld_carry = H;
+  base.ld_grad_out = a.ld_grad_out;
+  base.ld_h = ld;
+  base.ld_dz = H;
+
+  auto step = [&](int64_t s, int64_t r0, int64_t r1, int64_t p0, int64_t p1, int part) {
     const int64_t t = time_of(sh, s);
-    double sq = 0.0;
-    for (int64_t b = 0; b < B; ++b) {
-      T* dzr = dz + (t * B + b) * H;
-      if (!is_valid(sh, t, b)) {
-        std::fill(dzr, dzr + H, T(0));
-        continue;
+    const int64_t tn = s + 1 < nT ? time_of(sh, s + 1) : -1;  // the next processed step
+    cpu::BwdStep<T> st = base;
+    st.grad_out = a.grad_out ? a.grad_out + t * B * a.ld_grad_out : nullptr;
+    st.h = a.out + t * B * ld;
+    st.dz = dz + t * B * H;
+    st.sumsq = a.grad_norms ? sumsq.p + part * nT + s : nullptr;
+    if (uniform) {
+      if (tn >= 0) st.dzn = dz + tn * B * H;
+      else st.carry = a.grad_h_n;
+    } else {
+      const T** dzn_rows = row_ptrs.p + 2 * part * B;
+      const T** carry_rows = dzn_rows + B;
+      uint8_t* valid = row_valid.p + part * B;
+      for (int64_t b = r0; b < r1; ++b) {
+        valid[b] = is_valid(sh, t, b);
+        const bool has_next = tn >= 0 && is_valid(sh, tn, b);
+        dzn_rows[b] = has_next ? dz + (tn * B + b) * H : nullptr;
+        carry_rows[b] = has_next || !a.grad_h_n ? nullptr : a.grad_h_n + b * H;
       }
-      if (s + 1 < nT && is_valid(sh, time_of(sh, s + 1), b)) {
-        const T* dzn = dz + (time_of(sh, s + 1) * B + b) * H;
-        std::fill(g.begin(), g.end(), T(0));
-        for (int64_t j = 0; j < H; ++j) axpy(H, dzn[j], a.w.W_hh + j * H, g.data());
-      } else if (a.grad_h_n) {
-        std::copy(a.grad_h_n + b * H, a.grad_h_n + (b + 1) * H, g.begin());
-      } else {
-        std::fill(g.begin(), g.end(), T(0));
-      }
-      const T* go = a.grad_out ? a.grad_out + (t * B + b) * a.ld_grad_out : nullptr;
-      const T* h = a.out + (t * B + b) * ld;
-      for (int64_t j = 0; j < H; ++j) {
-        const T dh = go ? go[j] + g[j] : g[j];
-        sq += double(dh) * double(dh);
-        dzr[j] = activation_dz(sh.act, h[j], dh);
-      }
+      st.dzn_rows = dzn_rows;
+      st.carry_rows = carry_rows;
+      st.valid = valid;
     }
-    if (a.grad_norms) a.grad_norms[t] = std::sqrt(sq);
-  }
+    K.bwd_step(st, r0, r1, p0, p1);
+  };
 
-  // grad_h0 = dz at each sequence's first processed step, times W_hh.
-  if (a.grad_h0) {
-    for (int64_t b = 0; b < B; ++b) {
-      T* gh = a.grad_h0 + b * H;
-      std::fill(gh, gh + H, T(0));
-      const T* dzr = dz + (first_step_time(sh, b) * B + b) * H;
-      for (int64_t j = 0; j < H; ++j) axpy(H, dzr[j], a.w.W_hh + j * H, gh);
-    }
-  }
-
-  // Bias gradients: column sums of dz over valid rows (invalid rows hold exact zeros, but
-  // they are skipped anyway so that a sum never reads a padded position). Summed in double.
-  if (a.db_ih || a.db_hh) {
-    std::vector<double> acc(H, 0.0);
-    for (int64_t t = 0; t < nT; ++t)
-      for (int64_t b = 0; b < B; ++b) {
-        if (!is_valid(sh, t, b)) continue;
-        const T* dzr = dz + (t * B + b) * H;
-        for (int64_t j = 0; j < H; ++j) acc[j] += double(dzr[j]);
-      }
-    for (int64_t j = 0; j < H; ++j) {
-      if (a.db_ih) a.db_ih[j] += T(acc[j]);
-      if (a.db_hh) a.db_hh[j] += T(acc[j]);
-    }
-  }
-
-  // Weight gradients and grad_x as large products after the loop. The previous state of the
-  // step at time t is out at t-1 (forward) or t+1 (reverse), or h0 at the first step.
+  // Products after the loop. The previous state of the step at time t is out at t -/+ 1
+  // (forward / reverse), or h0 at a sequence's first step.
   const T beta_x = a.accumulate_grad_x ? T(1) : T(0);
-  const int64_t prev_shift = sh.reverse ? B * ld : -B * ld;  // from a row of out to its predecessor
-  if (all_full(sh)) {
-    cpu::gemm<T>(true, false, H, I, nT * B, T(1), dz, H, a.x, I, T(1), a.dW_ih, I);
+  std::vector<Gemm<T>> after;  // independent products, each split into parts by rows of C
+  if (uniform) {
+    after.push_back({true, false, H, I, nT * B, dz, H, a.x, I, T(1), a.dW_ih, I});
     if (nT > 1) {
-      const T* dz_rec = sh.reverse ? dz : dz + B * H;  // steps whose predecessor is in out
+      const T* dz_rec = sh.reverse ? dz : dz + B * H;
       const T* prev = sh.reverse ? a.out + B * ld : a.out;
-      cpu::gemm<T>(true, false, H, H, (nT - 1) * B, T(1), dz_rec, H, prev, ld, T(1), a.dW_hh, H);
+      after.push_back({true, false, H, H, (nT - 1) * B, dz_rec, H, prev, ld, T(1), a.dW_hh, H});
     }
-    if (a.h0) {
-      const T* dz_first = dz + (sh.reverse ? (nT - 1) * B * H : 0);
-      cpu::gemm<T>(true, false, H, H, B, T(1), dz_first, H, a.h0, H, T(1), a.dW_hh, H);
-    }
-    if (a.grad_x)
-      cpu::gemm<T>(false, false, nT * B, I, H, T(1), dz, H, a.w.W_ih, I, beta_x, a.grad_x, I);
-    return;
+    if (a.grad_x) after.push_back({false, false, nT * B, I, H, dz, H, a.w.W_ih, I, beta_x, a.grad_x, I});
   }
+  const T* dz_first = uniform ? dz + (sh.reverse ? (nT - 1) * B * H : 0) : first.p;
+  std::vector<int> after_parts;
+  int P = rp.parts;
+  for (const auto& g : after) {
+    after_parts.push_back(gemm_parts(g.M, g.N, g.K, threads));
+    P = std::max(P, after_parts.back());
+  }
+  const int hp = gemm_parts(B, H, H, threads);  // grad_h0 and the h0 term of dW_hh
+  P = std::max(P, hp);
 
-  // Variable lengths: one product per sequence over its valid steps only (stride B rows), so
-  // padded inputs and states are never multiplied, not even by zero (0 * inf would be NaN).
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t L = length_of(sh, b);
-    cpu::gemm<T>(true, false, H, I, L, T(1), dz + b * H, B * H, a.x + b * I, B * I, T(1), a.dW_ih, I);
-    if (L > 1) {
-      // Steps t with a predecessor at valid time t -/+ 1: t in [1, L) forward, [0, L-1) reverse.
-      const int64_t t0 = sh.reverse ? 0 : 1;
-      const T* prev = a.out + (t0 * B + b) * ld + prev_shift;
-      cpu::gemm<T>(true, false, H, H, L - 1, T(1), dz + (t0 * B + b) * H, B * H, prev, B * ld, T(1),
-                   a.dW_hh, H);
+  cpu::parallel(P, [&](Team& team) {
+    for (int q = team.tid(); q < P; q += team.size()) {
+      int64_t lo, hi;
+      part_range(npanels, P, q, &lo, &hi);
+      K.pack(a.w.W_hh, H, false, H, H, panels.data(), lo, hi, Wp.p);
     }
-    if (a.grad_x) {
-      T* gx = a.grad_x + b * I;
-      cpu::gemm<T>(false, false, L, I, H, T(1), dz + b * H, B * H, a.w.W_ih, I, beta_x, gx, B * I);
-      if (!a.accumulate_grad_x)
-        for (int64_t t = L; t < nT; ++t) std::fill(gx + t * B * I, gx + t * B * I + I, T(0));
+    team.barrier();
+    if (rp.by_rows) {
+      for (int q = team.tid(); q < rp.parts; q += team.size()) {
+        int64_t r0, r1;
+        part_range(B, rp.parts, q, &r0, &r1);
+        for (int64_t s = nT - 1; s >= 0; --s) step(s, r0, r1, 0, npanels, q);
+      }
+    } else {
+      for (int64_t s = nT - 1; s >= 0; --s) {
+        for (int q = team.tid(); q < rp.parts; q += team.size()) {
+          int64_t p0, p1;
+          part_range(npanels, rp.parts, q, &p0, &p1);
+          step(s, 0, B, p0, p1, q);
+        }
+        team.barrier();
+      }
     }
-  }
-  if (a.h0) {  // the first step of every sequence: dz rows at first_step_time, gathered
-    std::vector<T> first(B * H);
-    for (int64_t b = 0; b < B; ++b) {
-      const T* dzr = dz + (first_step_time(sh, b) * B + b) * H;
-      std::copy(dzr, dzr + H, first.begin() + b * H);
+    if (!uniform) {  // gather dz at each sequence's first step (for grad_h0 and dW_hh's h0 term)
+      for (int q = team.tid(); q < P; q += team.size()) {
+        int64_t b0, b1;
+        part_range(B, P, q, &b0, &b1);
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* src = dz + (first_step_time(sh, b) * B + b) * H;
+          std::copy(src, src + H, first.p + b * H);
+        }
+      }
     }
-    cpu::gemm<T>(true, false, H, H, B, T(1), first.data(), H, a.h0, H, T(1), a.dW_hh, H);
+    team.barrier();
+    for (size_t i = 0; i < after.size(); ++i)
+      for (int q = team.tid(); q < after_parts[i]; q += team.size()) after[i].run_part(q, after_parts[i]);
+    for (int q = team.tid(); q < hp; q += team.size()) {
+      if (a.grad_h0) Gemm<T>{false, false, B, H, H, dz_first, H, a.w.W_hh, H, T(0), a.grad_h0, H}.run_part(q, hp);
+    }
+    if (!uniform) {
+      // Variable lengths: one product per sequence over its valid steps (stride B rows), so
+      // that padded inputs and states are never multiplied, not even by zero.
+      for (int q = team.tid(); q < P; q += team.size()) {
+        int64_t h0r, h1r, b0, b1;
+        part_range(H, P, q, &h0r, &h1r);  // rows of dW_ih / dW_hh owned by this part
+        part_range(B, P, q, &b0, &b1);    // sequences whose grad_x rows this part writes
+        for (int64_t b = 0; b < B && h1r > h0r; ++b) {
+          const int64_t L = length_of(sh, b);
+          cpu::gemm<T>(true, false, h1r - h0r, I, L, T(1), dz + b * H + h0r, B * H, a.x + b * I, B * I,
+                       T(1), a.dW_ih + h0r * I, I);
+          if (L > 1) {
+            const int64_t t0 = sh.reverse ? 0 : 1;
+            const T* prev = a.out + (t0 * B + b) * ld + (sh.reverse ? B * ld : -B * ld);
+            cpu::gemm<T>(true, false, h1r - h0r, H, L - 1, T(1), dz + (t0 * B + b) * H + h0r, B * H, prev,
+                         B * ld, T(1), a.dW_hh + h0r * H, H);
+          }
+        }
+        for (int64_t b = b0; b < b1 && a.grad_x; ++b) {
+          const int64_t L = length_of(sh, b);
+          T* gx = a.grad_x + b * I;
+          cpu::gemm<T>(false, false, L, I, H, T(1), dz + b * H, B * H, a.w.W_ih, I, beta_x, gx, B * I);
+          if (!a.accumulate_grad_x)
+            for (int64_t t = L; t < nT; ++t) std::fill(gx + t * B * I, gx + t * B * I + I, T(0));
+        }
+      }
+    }
+    // The h0 term of dW_hh (rows split like the products above) and the bias gradients
+    // (columns split; summed in double over valid rows only).
+    for (int q = team.tid(); q < P; q += team.size()) {
+      int64_t lo, hi;
+      part_range(H, P, q, &lo, &hi);
+      if (hi <= lo) continue;
+      if (a.h0)
+        cpu::gemm<T>(true, false, hi - lo, H, B, T(1), dz_first + lo, H, a.h0, H, T(1), a.dW_hh + lo * H, H);
+      if (a.db_ih || a.db_hh) {
+        std::vector<double> acc(hi - lo, 0.0);
+        for (int64_t t = 0; t < nT; ++t)
+          for (int64_t b = 0; b < B; ++b) {
+            if (!is_valid(sh, t, b)) continue;
+            const T* row = dz + (t * B + b) * H + lo;
+            for (int64_t j = 0; j < hi - lo; ++j) acc[j] += double(row[j]);
+          }
+        for (int64_t j = lo; j < hi; ++j) {
+          if (a.db_ih) a.db_ih[j] += T(acc[j - lo]);
+          if (a.db_hh) a.db_hh[j] += T(acc[j - lo]);
+        }
+      }
+    }
+  });
+
+  if (a.grad_norms) {
+    for (int64_t s = 0; s < nT; ++s) {
+      double total = 0.0;
+      for (int q = 0; q < rp.parts; ++q) total += sumsq.p[q * nT + s];
+      a.grad_norms[time_of(sh, s)] = std::sqrt(total);
+    }
   }
 }
 

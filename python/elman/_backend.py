@@ -11,7 +11,26 @@ except ImportError as exc:  # a broken install; the numpy backend still works
     _core_error = exc
 
 KNOWN = ("cpu", "numpy")
+ISA_LEVELS = ("baseline", "avx2", "avx512")
 _warned_fallback = False
+
+
+def _apply_isa_request():
+    """ELMAN_ISA=baseline|avx2|avx512 lowers the instruction set the CPU kernels use (the best
+    one this CPU supports is the default); a level the CPU lacks is refused with a warning."""
+    import os
+    request = os.environ.get("ELMAN_ISA", "").strip().lower()
+    if not request or _core is None:
+        return
+    if request not in ISA_LEVELS:
+        warnings.warn(f"ELMAN_ISA={request!r} is not one of {ISA_LEVELS}; using "
+                      f"{_core.get_isa()!r}", RuntimeWarning, stacklevel=2)
+    elif not _core.set_isa(request):
+        warnings.warn(f"ELMAN_ISA={request!r}: this CPU does not support it; using "
+                      f"{_core.get_isa()!r}", RuntimeWarning, stacklevel=2)
+
+
+_apply_isa_request()
 
 
 def available():

@@ -166,14 +166,24 @@ def _time_block(fn, n):
     return (time.perf_counter() - t0) / n
 
 
-def time_alternating(fns, rounds, target_s):
-    """fns: dict name -> callable. Per round, one timed block per backend in turn (so that a
-    library's thread pool spinning after its block does not land on another's calls).
-    Returns dict name -> list of per-call block means."""
-    reps = {k: _calibrate(f, target_s) for k, f in fns.items()}
+# Thread pools spin for a while after their last task (OpenBLAS's for up to 2^28 cycles by
+# default, OpenMP's and elman's for about a millisecond) and would steal the cores from the next
+# library's block: every block starts after this quiet gap.
+QUIET_GAP_S = 0.15
+
+
+def time_alternating(fns, rounds, target_s, gap_s=QUIET_GAP_S):
+    """fns: dict name -> callable. Per round, one timed block per backend in turn, each after a
+    quiet gap, so all backends see the same machine state and none runs while another's
+    thread pool is still spinning. Returns dict name -> list of per-call block means."""
+    reps = {}
+    for k, f in fns.items():
+        time.sleep(gap_s)
+        reps[k] = _calibrate(f, target_s)
     times = {k: [] for k in fns}
     for _ in range(rounds):
         for k, f in fns.items():
+            time.sleep(gap_s)
             times[k].append(_time_block(f, reps[k]))
     return times
 

@@ -1,0 +1,374 @@
+// The CPU kernels that are compiled once per instruction set: vectorized tanh, weight packing
+// and one fused step of the recurrence, forward and backward, over a register-blocked tile.
+// Included only by kernels_<isa>.cpp, inside that ISA's namespace (see simd.h). No standard
+// library templates here: an inline function instantiated in one ISA's file must never be the
+// copy the linker hands to another.
+//
+// Layout and performance choices:
+// - W_hh is packed once per call into column panels of nv SIMD vectors (nv = 4, 2 or 1 by what
+//   is left of H), k-major, so a tile streams one contiguous row of the panel per k.
+// - A tile is M rows x nv vectors of accumulators (M = 6, 8, 8 for nv = 4, 2, 1): each k
+//   broadcasts one element of M state rows and does M * nv FMAs. When M * nv is too small to
+//   cover the FMA latency (a single sequence), the k loop runs KS independent chains that are
+//   summed in a fixed order at the end.
+// - The epilogue is fused: bias, input projection and activation (forward), or grad_out, carry,
+//   the norm of dh and f' (backward), then one store per vector. Partial vectors use masked
+//   loads and stores; nothing is written outside the H columns of a row.
+#pragma once
+
+#include "kernels.h"
+#include "simd.h"
+
+namespace elman {
+namespace cpu {
+namespace ELMAN_ISA_NS {
+
+template <typename I>
+ELMAN_VINLINE I imin(I a, I b) { return a < b ? a : b; }
+
+// ------------------------------------------------------------------------------------ exp, tanh
+// e^y for 0 <= y <= 18.5 (float) / 40.5 (double): y = n ln2 + r, |r| <= ln2 / 2 (Cody-Waite),
+// e^r by the Cephes polynomial (float) or Pade form (double), times 2^n built in the exponent.
+ELMAN_VINLINE Vec<float> exp_pos(Vec<float> y) {
+  using V = Vec<float>;
+  const V magic = V::set1(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const V t = fmadd(y, V::set1(1.44269504088896341f), magic);
+  const V n = t - magic;
+  V r = fnmadd(n, V::set1(0.693359375f), y);
+  r = fnmadd(n, V::set1(-2.12194440e-4f), r);
+  V p = V::set1(1.9875691500E-4f);
+  p = fmadd(p, r, V::set1(1.3981999507E-3f));
+  p = fmadd(p, r, V::set1(8.3334519073E-3f));
+  p = fmadd(p, r, V::set1(4.1665795894E-2f));
+  p = fmadd(p, r, V::set1(1.6666665459E-1f));
+  p = fmadd(p, r, V::set1(5.0000001201E-1f));
+  const V e = fmadd(p, r * r, r) + V::set1(1.0f);
+  return e * pow2_from_magic(t);
+}
+
+ELMAN_VINLINE Vec<double> exp_pos(Vec<double> y) {
+  using V = Vec<double>;
+  const V magic = V::set1(6755399441055744.0);  // 1.5 * 2^52
+  const V t = fmadd(y, V::set1(1.4426950408889634073599), magic);
+  const V n = t - magic;
+  V r = fnmadd(n, V::set1(6.93145751953125E-1), y);
+  r = fnmadd(n, V::set1(1.42860682030941723212E-6), r);
+  const V xx = r * r;
+  V p = V::set1(1.26177193074810590878E-4);
+  p = fmadd(p, xx, V::set1(3.02994407707441961300E-2));
+  p = fmadd(p, xx, V::set1(9.99999999999999999910E-1));
+  const V px = r * p;
+  V q = V::set1(3.00198505138664455042E-6);
+  q = fmadd(q, xx, V::set1(2.52448340349684104192E-3));
+  q = fmadd(q, xx, V::set1(2.27265548208155028766E-1));
+  q = fmadd(q, xx, V::set1(2.00000000000000000009E0));
+  const V e = fmadd(V::set1(2.0), px / (q - px), V::set1(1.0));
+  return e * pow2_from_magic(t);
+}
+
+// tanh: x + x^3 P(x^2) for |x| < 0.625 (Cephes tanhf; a rational form for double), else
+// 1 - 2 / (e^{2|x|} + 1) with the sign of x. |x| is clamped where tanh rounds to exactly 1
+// (9.1 float, 20 double), tanh(+-0) = +-0 and subnormals pass through the polynomial exactly,
+// NaN returns NaN.
+ELMAN_VINLINE Vec<float> vtanh(Vec<float> x) {
+  using V = Vec<float>;
+  const V ax = vabs(x);
+  const V z = x * x;
+  V p = V::set1(-5.70498872745E-3f);
+  p = fmadd(p, z, V::set1(2.06390887954E-2f));
+  p = fmadd(p, z, V::set1(-5.37397155531E-2f));
+  p = fmadd(p, z, V::set1(1.33314422036E-1f));
+  p = fmadd(p, z, V::set1(-3.33332819422E-1f));
+  const V small = fmadd(p * z, x, x);
+  V y = vmin(ax, V::set1(9.1f));  // NaN -> 9.1 here; fixed by the last select
+  y = y + y;
+  const V one = V::set1(1.0f);
+  const V large = vor(one - V::set1(2.0f) / (exp_pos(y) + one), signbit(x));
+  const V r = select(lt(ax, V::set1(0.625f)), small, large);
+  return select(isnan(x), x, r);
+}
+
+ELMAN_VINLINE Vec<double> vtanh(Vec<double> x) {
+  using V = Vec<double>;
+  const V ax = vabs(x);
+  const V s = x * x;
+  V num = V::set1(-9.64399179425052238628E-1);
+  num = fmadd(num, s, V::set1(-9.92877231001918586564E1));
+  num = fmadd(num, s, V::set1(-1.61468768441708447952E3));
+  V den = s + V::set1(1.12811678491632931402E2);
+  den = fmadd(den, s, V::set1(2.23548839060100448583E3));
+  den = fmadd(den, s, V::set1(4.84406305325125486048E3));
+  const V small = x + (x * s) * num / den;
+  V y = vmin(ax, V::set1(20.0));
+  y = y + y;
+  const V one = V::set1(1.0);
+  const V large = vor(one - V::set1(2.0) / (exp_pos(y) + one), signbit(x));
+  const V r = select(lt(ax, V::set1(0.625)), small, large);
+  return select(isnan(x), x, r);
+}
+
+template <typename T>
+void tanh_array(const T* x, T* y, int64_t n) {
+  using V = Vec<T>;
+  int64_t i = 0;
+  for (; i + V::W <= n; i += V::W) vtanh(V::load(x + i)).store(y + i);
+  if (i < n) vtanh(V::load_first(x + i, int(n - i))).store_first(y + i, int(n - i));
+}
+
+// ------------------------------------------------------------------------------------ activations
+template <typename T, Activation A>
+ELMAN_VINLINE Vec<T> activate(Vec<T> z) {
+  if constexpr (A == Activation::tanh) return vtanh(z);
+  else return select(lt(z, Vec<T>::zero()), Vec<T>::zero(), z);  // z < 0 ? 0 : z (NaN stays)
+}
+
+template <typename T, Activation A>
+ELMAN_VINLINE Vec<T> activation_dz(Vec<T> h, Vec<T> dh) {
+  if constexpr (A == Activation::tanh) return dh * fnmadd(h, h, Vec<T>::set1(T(1)));  // dh (1 - h^2)
+  else return select(le(h, Vec<T>::zero()), Vec<T>::zero(), dh);  // a select, as math::relu_dz
+}
+
+// ------------------------------------------------------------------------------------ packing
+template <typename T>
+int64_t plan_panels(int64_t N, Panel* out) {
+  constexpr int W = Vec<T>::W;
+  int64_t count = 0, col = 0, offset_cols = 0;
+  while (col < N) {
+    const int64_t rem = N - col;
+    const int32_t nv = rem >= 3 * W ? 4 : (rem > W ? 2 : 1);
+    if (out) out[count] = Panel{col, offset_cols, nv};
+    ++count;
+    col += int64_t(nv) * W;
+    offset_cols += int64_t(nv) * W;
+  }
+  return count;
+}
+
+// Panel.offset counts padded columns; the element offset of a panel is offset * K.
+template <typename T>
+void pack(const T* src, int64_t ld, bool trans, int64_t K, int64_t N, const Panel* panels,
+          int64_t first, int64_t last, T* dst) {
+  constexpr int W = Vec<T>::W;
+  constexpr int64_t KB = 64;  // k block: keeps the strided reads of a transpose in cache
+  for (int64_t p = first; p < last; ++p) {
+    const Panel& pn = panels[p];
+    const int64_t NR = int64_t(pn.nv) * W;
+    T* d = dst + pn.offset * K;
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+      const int64_t k1 = imin(K, k0 + KB);
+      for (int64_t c = 0; c < NR; ++c) {
+        const int64_t col = pn.col + c;
+        for (int64_t k = k0; k < k1; ++k)
+          d[k * NR + c] = col >= N ? T(0) : (trans ? src[col * ld + k] : src[k * ld + col]);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ tiles
+template <int NV>
+constexpr int rows_per_tile() { return NV == 4 ? 6 : 8; }
+
+// acc[r][v] = sum_k a[r][k] * B[k, v-th vector] over one panel (bp: its first element).
+template <typename T, int M, int NV>
+ELMAN_VINLINE void accumulate(int64_t K, const T* const* a, const T* bp, Vec<T> (&acc)[M][NV]) {
+  using V = Vec<T>;
+  constexpr int W = V::W, NR = NV * W;
+  constexpr int KS = M * NV >= 8 ? 1 : (8 / (M * NV) >= 4 ? 4 : 2);  // independent k chains
+  for (int r = 0; r < M; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  if constexpr (KS == 1) {
+    for (int64_t k = 0; k < K; ++k) {
+      const T* bk = bp + k * NR;
+      V b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = V::load(bk + v * W);
+      for (int r = 0; r < M; ++r) {
+        const V av = V::set1(a[r][k]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(av, b[v], acc[r][v]);
+      }
+    }
+  } else {
+    V part[KS][M][NV];
+    for (int q = 0; q < KS; ++q)
+      for (int r = 0; r < M; ++r)
+        for (int v = 0; v < NV; ++v) part[q][r][v] = V::zero();
+    int64_t k = 0;
+    for (; k + KS <= K; k += KS) {
+      for (int q = 0; q < KS; ++q) {
+        const T* bk = bp + (k + q) * NR;
+        for (int r = 0; r < M; ++r) {
+          const V av = V::set1(a[r][k + q]);
+          for (int v = 0; v < NV; ++v) part[q][r][v] = fmadd(av, V::load(bk + v * W), part[q][r][v]);
+        }
+      }
+    }
+    for (; k < K; ++k) {
+      const T* bk = bp + k * NR;
+      for (int r = 0; r < M; ++r) {
+        const V av = V::set1(a[r][k]);
+        for (int v = 0; v < NV; ++v) part[0][r][v] = fmadd(av, V::load(bk + v * W), part[0][r][v]);
+      }
+    }
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (KS == 4) acc[r][v] = (part[0][r][v] + part[1][r][v]) + (part[2][r][v] + part[3][r][v]);
+        else acc[r][v] = part[0][r][v] + part[1][r][v];
+      }
+  }
+}
+
+template <typename T>
+ELMAN_VINLINE Vec<T> load_n(const T* p, int n) {
+  return n == Vec<T>::W ? Vec<T>::load(p) : Vec<T>::load_first(p, n);
+}
+template <typename T>
+ELMAN_VINLINE void store_n(Vec<T> x, T* p, int n) {
+  if (n == Vec<T>::W) x.store(p);
+  else x.store_first(p, n);
+}
+template <typename T>
+ELMAN_VINLINE void store_zeros(T* p, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) p[j] = T(0);
+}
+
+template <typename T, Activation A, int NV, int M>
+void fwd_tile(const FwdStep<T>& s, const Panel& pn, int64_t rb) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const T* a[M];
+  bool any = false;
+  for (int r = 0; r < M; ++r) {
+    const int64_t b = rb + r;
+    a[r] = s.prev_rows ? s.prev_rows[b] : (s.prev ? s.prev + b * s.ld_prev : nullptr);
+    any = any || a[r];
+  }
+  V acc[M][NV];
+  if (any) {
+    for (int r = 0; r < M; ++r)
+      if (!a[r]) a[r] = s.zeros;
+    accumulate<T, M, NV>(s.H, a, s.Wp + pn.offset * s.H, acc);
+  } else {
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  }
+  const int64_t ncol = imin<int64_t>(int64_t(NV) * W, s.H - pn.col);
+  for (int r = 0; r < M; ++r) {
+    const int64_t b = rb + r;
+    T* o = s.out + b * s.ld_out + pn.col;
+    if (s.valid && !s.valid[b]) {
+      store_zeros(o, ncol);
+      continue;
+    }
+    for (int v = 0; v < NV && v * W < ncol; ++v) {
+      const int n = int(imin<int64_t>(W, ncol - v * W));
+      const V xb = load_n(o + v * W, n) + load_n(s.bias + pn.col + v * W, n);
+      store_n(activate<T, A>(xb + acc[r][v]), o + v * W, n);
+    }
+  }
+}
+
+template <typename T, Activation A, int NV, int M>
+void bwd_tile(const BwdStep<T>& s, const Panel& pn, int64_t rb) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const T* a[M];
+  bool any = false;
+  for (int r = 0; r < M; ++r) {
+    const int64_t b = rb + r;
+    a[r] = s.dzn_rows ? s.dzn_rows[b] : (s.dzn ? s.dzn + b * s.ld_dzn : nullptr);
+    any = any || a[r];
+  }
+  V acc[M][NV];
+  if (any) {
+    for (int r = 0; r < M; ++r)
+      if (!a[r]) a[r] = s.zeros;
+    accumulate<T, M, NV>(s.H, a, s.Wp + pn.offset * s.H, acc);
+  } else {
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  }
+  const int64_t ncol = imin<int64_t>(int64_t(NV) * W, s.H - pn.col);
+  DoubleAcc sq[2] = {dacc_zero(), dacc_zero()};
+  for (int r = 0; r < M; ++r) {
+    const int64_t b = rb + r;
+    T* dz = s.dz + b * s.ld_dz + pn.col;
+    if (s.valid && !s.valid[b]) {
+      store_zeros(dz, ncol);
+      continue;
+    }
+    const T* go = s.grad_out ? s.grad_out + b * s.ld_grad_out + pn.col : nullptr;
+    const T* cr = s.carry_rows ? s.carry_rows[b] : (s.carry ? s.carry + b * s.ld_carry : nullptr);
+    if (cr) cr += pn.col;
+    const T* h = s.h + b * s.ld_h + pn.col;
+    for (int v = 0; v < NV && v * W < ncol; ++v) {
+      const int n = int(imin<int64_t>(W, ncol - v * W));
+      V dh = acc[r][v];
+      if (go) dh = load_n(go + v * W, n) + dh;
+      if (cr) dh = dh + load_n(cr + v * W, n);
+      if (s.sumsq) add_squares(dh.keep_first(n), sq);
+      store_n(activation_dz<T, A>(load_n(h + v * W, n), dh), dz + v * W, n);
+    }
+  }
+  if (s.sumsq) *s.sumsq += dacc_sum(sq[0]) + dacc_sum(sq[1]);
+}
+
+// Rows [r0, r1) of one panel: full tiles, then one tile of the remaining rows.
+#define ELMAN_TILE_SWITCH(TILE, NV, MR, s, pn, r0, r1)                         \
+  do {                                                                         \
+    int64_t r = r0;                                                            \
+    for (; r + MR <= r1; r += MR) TILE<T, A, NV, MR>(s, pn, r);                 \
+    switch (r1 - r) {                                                          \
+      case 1: TILE<T, A, NV, 1>(s, pn, r); break;                               \
+      case 2: TILE<T, A, NV, (MR > 2 ? 2 : 1)>(s, pn, r); break;                \
+      case 3: TILE<T, A, NV, (MR > 3 ? 3 : 1)>(s, pn, r); break;                \
+      case 4: TILE<T, A, NV, (MR > 4 ? 4 : 1)>(s, pn, r); break;                \
+      case 5: TILE<T, A, NV, (MR > 5 ? 5 : 1)>(s, pn, r); break;                \
+      case 6: TILE<T, A, NV, (MR > 6 ? 6 : 1)>(s, pn, r); break;                \
+      case 7: TILE<T, A, NV, (MR > 7 ? 7 : 1)>(s, pn, r); break;                \
+      default: break;                                                          \
+    }                                                                          \
+  } while (0)
+
+template <typename T, Activation A>
+void fwd_step_act(const FwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const Panel& pn = s.panels[p];
+    if (pn.nv == 4) ELMAN_TILE_SWITCH(fwd_tile, 4, rows_per_tile<4>(), s, pn, r0, r1);
+    else if (pn.nv == 2) ELMAN_TILE_SWITCH(fwd_tile, 2, rows_per_tile<2>(), s, pn, r0, r1);
+    else ELMAN_TILE_SWITCH(fwd_tile, 1, rows_per_tile<1>(), s, pn, r0, r1);
+  }
+}
+
+template <typename T, Activation A>
+void bwd_step_act(const BwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const Panel& pn = s.panels[p];
+    if (pn.nv == 4) ELMAN_TILE_SWITCH(bwd_tile, 4, rows_per_tile<4>(), s, pn, r0, r1);
+    else if (pn.nv == 2) ELMAN_TILE_SWITCH(bwd_tile, 2, rows_per_tile<2>(), s, pn, r0, r1);
+    else ELMAN_TILE_SWITCH(bwd_tile, 1, rows_per_tile<1>(), s, pn, r0, r1);
+  }
+}
+#undef ELMAN_TILE_SWITCH
+
+template <typename T>
+void fwd_step(const FwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  if (s.act == Activation::tanh) fwd_step_act<T, Activation::tanh>(s, r0, r1, p0, p1);
+  else fwd_step_act<T, Activation::relu>(s, r0, r1, p0, p1);
+}
+
+template <typename T>
+void bwd_step(const BwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+  if (s.act == Activation::tanh) bwd_step_act<T, Activation::tanh>(s, r0, r1, p0, p1);
+  else bwd_step_act<T, Activation::relu>(s, r0, r1, p0, p1);
+}
+
+template <typename T>
+const Kernels<T>& make_table(Isa isa) {
+  static const Kernels<T> table = {isa,           rows_per_tile<4>(), Vec<T>::W, &plan_panels<T>,
+                                   &pack<T>,      &fwd_step<T>,       &bwd_step<T>, &tanh_array<T>};
+  return table;
+}
+
+}  // namespace ELMAN_ISA_NS
+}  // namespace cpu
+}  // namespace elman
