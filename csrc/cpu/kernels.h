@@ -43,7 +43,8 @@ struct FwdStep {
 // One backward step over rows [r0, r1) and panels [p0, p1):
 //   dh[b, k] = grad_out[b, k] + carry[b, k] + sum_j dz_next_b[j] * W_hh[j, k]
 //   dz[b, k] = f'(h[b, k]) * dh[b, k]      (0 for invalid rows)
-// and sum of dh^2 over valid rows and these panels' columns is added to *sumsq.
+// and sum of dh^2 over valid rows and these panels' columns is added to *sumsq, and the column
+// sums of dz over valid rows (the bias gradient) to dbsum.
 template <typename T>
 struct BwdStep {
   int64_t H = 0;
@@ -65,6 +66,20 @@ struct BwdStep {
   int64_t ld_dz = 0;
   const uint8_t* valid = nullptr;
   double* sumsq = nullptr;              // nullptr: norms not wanted
+  double* dbsum = nullptr;              // [H] column sums of dz over valid rows are added, or nullptr
+};
+
+// One right-hand side of a transposed product that shares its left operand A [K, M]:
+//   C[m, n] += sum_{k in [k0, k1)} A[k, m] * B[k - k0, n]     (C [M, N], B rows from k0 on)
+// Used for the weight gradients dW_ih = dZ^T X and dW_hh = dZ^T H_prev in one pass over dZ.
+template <typename T>
+struct TnTarget {
+  const T* B = nullptr;
+  int64_t ldb = 0;
+  int64_t N = 0;
+  int64_t k0 = 0, k1 = 0;
+  T* C = nullptr;
+  int64_t ldc = 0;
 };
 
 template <typename T>
@@ -81,6 +96,9 @@ struct Kernels {
   void (*fwd_step)(const FwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
   void (*bwd_step)(const BwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
   void (*tanh)(const T* x, T* y, int64_t n);
+  // Rows [m0, m1) of every target's C (see TnTarget), A [K, M] with row stride lda.
+  void (*tn_product)(const T* A, int64_t lda, int64_t m0, int64_t m1, const TnTarget<T>* targets,
+                     int32_t ntargets);
 };
 
 // The table for the active ISA level (the best this CPU supports, or lower when the

@@ -238,6 +238,9 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   if (a.grad_norms) std::fill(sumsq.p, sumsq.p + rp.parts * nT, 0.0);
   Scratch<const T*> row_ptrs(uniform ? 1 : 2 * rp.parts * B);
   Scratch<uint8_t> row_valid(uniform ? 1 : rp.parts * B);
+  const bool want_db = a.db_ih || a.db_hh;
+  Scratch<double> dbsum(want_db ? rp.parts * H : 1);
+  if (want_db) std::fill(dbsum.p, dbsum.p + rp.parts * H, 0.0);
 
   cpu::BwdStep<T> base;
   base.H = H;
@@ -259,6 +262,7 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
     st.h = a.out + t * B * ld;
     st.dz = dz + t * B * H;
     st.sumsq = a.grad_norms ? sumsq.p + part * nT + s : nullptr;
+    st.dbsum = want_db ? dbsum.p + part * H : nullptr;
     if (uniform) {
       if (tn >= 0) st.dzn = dz + tn * B * H;
       else st.carry = a.grad_h_n;
@@ -279,28 +283,28 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
     K.bwd_step(st, r0, r1, p0, p1);
   };
 
-  // Products after the loop. The previous state of the step at time t is out at t -/+ 1
-  // (forward / reverse), or h0 at a sequence's first step.
+  // After the loop. Weight gradients in one pass over dz (tn_product, rows of dW split into
+  // parts): dW_ih = dZ^T X and dW_hh = dZ^T H_prev, where the previous state of the step at
+  // time t is out at t -/+ 1 (forward / reverse), or h0 at a sequence's first step.
+  // grad_x = dZ W_ih and grad_h0 = dZ_first W_hh through the BLAS, split by rows.
   const T beta_x = a.accumulate_grad_x ? T(1) : T(0);
-  std::vector<Gemm<T>> after;  // independent products, each split into parts by rows of C
+  const int64_t k_first = sh.reverse ? (nT - 1) * B : 0;  // dz rows of the first step (uniform)
+  std::vector<cpu::TnTarget<T>> wt;
   if (uniform) {
-    after.push_back({true, false, H, I, nT * B, dz, H, a.x, I, T(1), a.dW_ih, I});
+    wt.push_back({a.x, I, I, 0, nT * B, a.dW_ih, I});
     if (nT > 1) {
-      const T* dz_rec = sh.reverse ? dz : dz + B * H;
-      const T* prev = sh.reverse ? a.out + B * ld : a.out;
-      after.push_back({true, false, H, H, (nT - 1) * B, dz_rec, H, prev, ld, T(1), a.dW_hh, H});
+      if (sh.reverse) wt.push_back({a.out + B * ld, ld, H, 0, (nT - 1) * B, a.dW_hh, H});
+      else wt.push_back({a.out, ld, H, B, nT * B, a.dW_hh, H});
     }
-    if (a.grad_x) after.push_back({false, false, nT * B, I, H, dz, H, a.w.W_ih, I, beta_x, a.grad_x, I});
+    if (a.h0) wt.push_back({a.h0, H, H, k_first, k_first + B, a.dW_hh, H});
   }
-  const T* dz_first = uniform ? dz + (sh.reverse ? (nT - 1) * B * H : 0) : first.p;
-  std::vector<int> after_parts;
-  int P = rp.parts;
-  for (const auto& g : after) {
-    after_parts.push_back(gemm_parts(g.M, g.N, g.K, threads));
-    P = std::max(P, after_parts.back());
-  }
-  const int hp = gemm_parts(B, H, H, threads);  // grad_h0 and the h0 term of dW_hh
-  P = std::max(P, hp);
+  const int wp = gemm_parts(H, I + H, nT * B, threads);
+  const Gemm<T> gx{false, false, nT * B, I, H, dz, H, a.w.W_ih, I, beta_x, a.grad_x, I};
+  const int xp = a.grad_x ? gemm_parts(nT * B, I, H, threads) : 0;
+  const T* dz_first = uniform ? dz + k_first * H : first.p;
+  const Gemm<T> gh0{false, false, B, H, H, dz_first, H, a.w.W_hh, H, T(0), a.grad_h0, H};
+  const int hp = a.grad_h0 ? gemm_parts(B, H, H, threads) : 0;
+  const int P = std::max({rp.parts, wp, xp, hp});
 
   cpu::parallel(P, [&](Team& team) {
     for (int q = team.tid(); q < P; q += team.size()) {
@@ -325,7 +329,7 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
         team.barrier();
       }
     }
-    if (!uniform) {  // gather dz at each sequence's first step (for grad_h0 and dW_hh's h0 term)
+    if (!uniform) {  // dz at each sequence's first step, for grad_h0 and dW_hh's h0 term
       for (int q = team.tid(); q < P; q += team.size()) {
         int64_t b0, b1;
         part_range(B, P, q, &b0, &b1);
@@ -336,62 +340,54 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
       }
     }
     team.barrier();
-    for (size_t i = 0; i < after.size(); ++i)
-      for (int q = team.tid(); q < after_parts[i]; q += team.size()) after[i].run_part(q, after_parts[i]);
-    for (int q = team.tid(); q < hp; q += team.size()) {
-      if (a.grad_h0) Gemm<T>{false, false, B, H, H, dz_first, H, a.w.W_hh, H, T(0), a.grad_h0, H}.run_part(q, hp);
-    }
-    if (!uniform) {
-      // Variable lengths: one product per sequence over its valid steps (stride B rows), so
-      // that padded inputs and states are never multiplied, not even by zero.
-      for (int q = team.tid(); q < P; q += team.size()) {
-        int64_t h0r, h1r, b0, b1;
-        part_range(H, P, q, &h0r, &h1r);  // rows of dW_ih / dW_hh owned by this part
-        part_range(B, P, q, &b0, &b1);    // sequences whose grad_x rows this part writes
-        for (int64_t b = 0; b < B && h1r > h0r; ++b) {
-          const int64_t L = length_of(sh, b);
-          cpu::gemm<T>(true, false, h1r - h0r, I, L, T(1), dz + b * H + h0r, B * H, a.x + b * I, B * I,
-                       T(1), a.dW_ih + h0r * I, I);
-          if (L > 1) {
-            const int64_t t0 = sh.reverse ? 0 : 1;
-            const T* prev = a.out + (t0 * B + b) * ld + (sh.reverse ? B * ld : -B * ld);
-            cpu::gemm<T>(true, false, h1r - h0r, H, L - 1, T(1), dz + (t0 * B + b) * H + h0r, B * H, prev,
-                         B * ld, T(1), a.dW_hh + h0r * H, H);
-          }
-        }
-        for (int64_t b = b0; b < b1 && a.grad_x; ++b) {
-          const int64_t L = length_of(sh, b);
-          T* gx = a.grad_x + b * I;
-          cpu::gemm<T>(false, false, L, I, H, T(1), dz + b * H, B * H, a.w.W_ih, I, beta_x, gx, B * I);
-          if (!a.accumulate_grad_x)
-            for (int64_t t = L; t < nT; ++t) std::fill(gx + t * B * I, gx + t * B * I + I, T(0));
-        }
-      }
-    }
-    // The h0 term of dW_hh (rows split like the products above) and the bias gradients
-    // (columns split; summed in double over valid rows only).
-    for (int q = team.tid(); q < P; q += team.size()) {
+    for (int q = team.tid(); q < wp; q += team.size()) {
       int64_t lo, hi;
-      part_range(H, P, q, &lo, &hi);
+      part_range(H, wp, q, &lo, &hi);
       if (hi <= lo) continue;
-      if (a.h0)
-        cpu::gemm<T>(true, false, hi - lo, H, B, T(1), dz_first + lo, H, a.h0, H, T(1), a.dW_hh + lo * H, H);
-      if (a.db_ih || a.db_hh) {
-        std::vector<double> acc(hi - lo, 0.0);
-        for (int64_t t = 0; t < nT; ++t)
-          for (int64_t b = 0; b < B; ++b) {
-            if (!is_valid(sh, t, b)) continue;
-            const T* row = dz + (t * B + b) * H + lo;
-            for (int64_t j = 0; j < hi - lo; ++j) acc[j] += double(row[j]);
-          }
-        for (int64_t j = lo; j < hi; ++j) {
-          if (a.db_ih) a.db_ih[j] += T(acc[j - lo]);
-          if (a.db_hh) a.db_hh[j] += T(acc[j - lo]);
+      if (uniform) {
+        K.tn_product(dz, H, lo, hi, wt.data(), int32_t(wt.size()));
+        continue;
+      }
+      // Variable lengths: each sequence over its valid steps only (stride B rows), so that
+      // padded inputs and states are never multiplied, not even by zero.
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t L = length_of(sh, b);
+        cpu::TnTarget<T> t[2] = {{a.x + b * I, B * I, I, 0, L, a.dW_ih, I}, {}};
+        if (sh.reverse) t[1] = {a.out + (B + b) * ld, B * ld, H, 0, L - 1, a.dW_hh, H};
+        else t[1] = {a.out + b * ld, B * ld, H, 1, L, a.dW_hh, H};
+        K.tn_product(dz + b * H, B * H, lo, hi, t, L > 1 ? 2 : 1);
+      }
+      if (a.h0) {
+        const cpu::TnTarget<T> t0{a.h0, H, H, 0, B, a.dW_hh, H};
+        K.tn_product(first.p, H, lo, hi, &t0, 1);
+      }
+    }
+    if (uniform) {
+      for (int q = team.tid(); q < xp; q += team.size()) gx.run_part(q, xp);
+    } else {
+      for (int q = team.tid(); q < xp; q += team.size()) {
+        int64_t b0, b1;
+        part_range(B, xp, q, &b0, &b1);
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t L = length_of(sh, b);
+          T* g = a.grad_x + b * I;
+          cpu::gemm<T>(false, false, L, I, H, T(1), dz + b * H, B * H, a.w.W_ih, I, beta_x, g, B * I);
+          if (!a.accumulate_grad_x)
+            for (int64_t t = L; t < nT; ++t) std::fill(g + t * B * I, g + t * B * I + I, T(0));
         }
       }
     }
+    for (int q = team.tid(); q < hp; q += team.size()) gh0.run_part(q, hp);
   });
 
+  if (want_db) {
+    for (int64_t j = 0; j < H; ++j) {
+      double total = 0.0;
+      for (int q = 0; q < rp.parts; ++q) total += dbsum.p[q * H + j];
+      if (a.db_ih) a.db_ih[j] += T(total);
+      if (a.db_hh) a.db_hh[j] += T(total);
+    }
+  }
   if (a.grad_norms) {
     for (int64_t s = 0; s < nT; ++s) {
       double total = 0.0;

@@ -60,6 +60,14 @@ ELMAN_VINLINE Vec<float> pow2_from_magic(Vec<float> t) {
   return {_mm512_castsi512_ps(_mm512_add_epi32(i, _mm512_set1_epi32(127 << 23)))};
 }
 // Adds the squares of the first n lanes of a, in double, into acc.
+// p[0:n] += x[0:n], in double.
+ELMAN_VINLINE void add_to_doubles(double* p, Vec<float> x, int n) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(x.v));
+  const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x.v), 1)));
+  const __mmask8 mlo = __mmask8((1u << (n < 8 ? n : 8)) - 1u), mhi = __mmask8((1u << (n > 8 ? n - 8 : 0)) - 1u);
+  _mm512_mask_storeu_pd(p, mlo, _mm512_add_pd(_mm512_maskz_loadu_pd(mlo, p), lo));
+  _mm512_mask_storeu_pd(p + 8, mhi, _mm512_add_pd(_mm512_maskz_loadu_pd(mhi, p + 8), hi));
+}
 ELMAN_VINLINE void add_squares(Vec<float> a, __m512d* acc) {
   __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a.v));
   __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)));
@@ -101,6 +109,10 @@ ELMAN_VINLINE Vec<double> pow2_from_magic(Vec<double> t) {
   return {_mm512_castsi512_pd(_mm512_add_epi64(i, _mm512_set1_epi64(int64_t(1023) << 52)))};
 }
 ELMAN_VINLINE void add_squares(Vec<double> a, __m512d* acc) { acc[0] = _mm512_fmadd_pd(a.v, a.v, acc[0]); }
+ELMAN_VINLINE void add_to_doubles(double* p, Vec<double> x, int n) {
+  const __mmask8 m = Vec<double>::first(n);
+  _mm512_mask_storeu_pd(p, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, p), x.v));
+}
 using DoubleAcc = __m512d;
 ELMAN_VINLINE DoubleAcc dacc_zero() { return _mm512_setzero_pd(); }
 ELMAN_VINLINE double dacc_sum(DoubleAcc a) { return _mm512_reduce_add_pd(a); }
@@ -141,6 +153,15 @@ ELMAN_VINLINE Vec<float> vor(Vec<float> a, Vec<float> b) { return {_mm256_or_ps(
 ELMAN_VINLINE Vec<float> pow2_from_magic(Vec<float> t) {
   __m256i i = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
   return {_mm256_castsi256_ps(_mm256_add_epi32(i, _mm256_set1_epi32(127 << 23)))};
+}
+ELMAN_VINLINE void add_to_doubles(double* p, Vec<float> x, int n) {
+  const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(x.v));
+  const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1));
+  const __m256i lanes = _mm256_setr_epi64x(0, 1, 2, 3);
+  const __m256i mlo = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), lanes);
+  const __m256i mhi = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - 4), lanes);
+  _mm256_maskstore_pd(p, mlo, _mm256_add_pd(_mm256_maskload_pd(p, mlo), lo));
+  _mm256_maskstore_pd(p + 4, mhi, _mm256_add_pd(_mm256_maskload_pd(p + 4, mhi), hi));
 }
 ELMAN_VINLINE void add_squares(Vec<float> a, __m256d* acc) {
   __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a.v));
@@ -185,6 +206,10 @@ ELMAN_VINLINE Vec<double> pow2_from_magic(Vec<double> t) {
   return {_mm256_castsi256_pd(_mm256_add_epi64(i, _mm256_set1_epi64x(int64_t(1023) << 52)))};
 }
 ELMAN_VINLINE void add_squares(Vec<double> a, __m256d* acc) { acc[0] = _mm256_fmadd_pd(a.v, a.v, acc[0]); }
+ELMAN_VINLINE void add_to_doubles(double* p, Vec<double> x, int n) {
+  const __m256i m = Vec<double>::first_bits(n);
+  _mm256_maskstore_pd(p, m, _mm256_add_pd(_mm256_maskload_pd(p, m), x.v));
+}
 using DoubleAcc = __m256d;
 ELMAN_VINLINE DoubleAcc dacc_zero() { return _mm256_setzero_pd(); }
 ELMAN_VINLINE double dacc_sum(DoubleAcc a) {
@@ -240,6 +265,11 @@ ELMAN_VINLINE Vec<float> pow2_from_magic(Vec<float> t) {
   __m128i i = _mm_slli_epi32(_mm_castps_si128(t.v), 23);
   return {_mm_castsi128_ps(_mm_add_epi32(i, _mm_set1_epi32(127 << 23)))};
 }
+ELMAN_VINLINE void add_to_doubles(double* p, Vec<float> x, int n) {
+  alignas(16) float t[4];
+  _mm_store_ps(t, x.v);
+  for (int i = 0; i < n; ++i) p[i] += double(t[i]);
+}
 ELMAN_VINLINE void add_squares(Vec<float> a, __m128d* acc) {
   __m128d lo = _mm_cvtps_pd(a.v);
   __m128d hi = _mm_cvtps_pd(_mm_movehl_ps(a.v, a.v));
@@ -289,6 +319,9 @@ ELMAN_VINLINE Vec<double> pow2_from_magic(Vec<double> t) {
   return {_mm_castsi128_pd(_mm_add_epi64(i, _mm_set1_epi64x(int64_t(1023) << 52)))};
 }
 ELMAN_VINLINE void add_squares(Vec<double> a, __m128d* acc) { acc[0] = _mm_add_pd(acc[0], _mm_mul_pd(a.v, a.v)); }
+ELMAN_VINLINE void add_to_doubles(double* p, Vec<double> x, int n) {
+  (Vec<double>::load_first(p, n) + x).store_first(p, n);
+}
 using DoubleAcc = __m128d;
 ELMAN_VINLINE DoubleAcc dacc_zero() { return _mm_setzero_pd(); }
 ELMAN_VINLINE double dacc_sum(DoubleAcc a) { return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a))); }

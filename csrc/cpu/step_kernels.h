@@ -135,7 +135,7 @@ int64_t plan_panels(int64_t N, Panel* out) {
   int64_t count = 0, col = 0, offset_cols = 0;
   while (col < N) {
     const int64_t rem = N - col;
-    const int32_t nv = rem >= 3 * W ? 4 : (rem > W ? 2 : 1);
+    const int32_t nv = rem > 3 * W ? 4 : (rem > W ? 2 : 1);
     if (out) out[count] = Panel{col, offset_cols, nv};
     ++count;
     col += int64_t(nv) * W;
@@ -306,7 +306,9 @@ void bwd_tile(const BwdStep<T>& s, const Panel& pn, int64_t rb) {
       if (go) dh = load_n(go + v * W, n) + dh;
       if (cr) dh = dh + load_n(cr + v * W, n);
       if (s.sumsq) add_squares(dh.keep_first(n), sq);
-      store_n(activation_dz<T, A>(load_n(h + v * W, n), dh), dz + v * W, n);
+      const V dzv = activation_dz<T, A>(load_n(h + v * W, n), dh);
+      store_n(dzv, dz + v * W, n);
+      if (s.dbsum) add_to_doubles(s.dbsum + pn.col + v * W, dzv, n);
     }
   }
   if (s.sumsq) *s.sumsq += dacc_sum(sq[0]) + dacc_sum(sq[1]);
@@ -362,10 +364,112 @@ void bwd_step(const BwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p
   else bwd_step_act<T, Activation::relu>(s, r0, r1, p0, p1);
 }
 
+// ------------------------------------------------------------------------------------ A^T B
+// The weight gradients: long sums over K = T*B rows of two operands that are both row-major
+// with K as the row index. No packing: a tile of C (M rows x nv vectors) stays in registers
+// while k runs over a block, broadcasting M consecutive elements of row k of A and loading nv
+// vectors of row k of B. Blocks: rows of C in chunks of MC (the C chunk stays in L2), k in
+// chunks of KC (the A chunk, KC x MC, stays in L2 across the column panels).
+template <typename T, int M, int NV>
+void tn_tile(int64_t kn, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+             int64_t ncols) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  V acc[M][NV];
+  const int nlast = int(ncols - (NV - 1) * W);  // lanes used in the last vector (1..W)
+  for (int r = 0; r < M; ++r) {
+    for (int v = 0; v < NV - 1; ++v) acc[r][v] = V::load(c + r * ldc + v * W);
+    acc[r][NV - 1] = load_n(c + r * ldc + (NV - 1) * W, nlast);
+  }
+  if (nlast == W) {
+    for (int64_t k = 0; k < kn; ++k) {
+      const T* bk = b + k * ldb;
+      V bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = V::load(bk + v * W);
+      const T* ak = a + k * lda;
+      for (int r = 0; r < M; ++r) {
+        const V av = V::set1(ak[r]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(av, bv[v], acc[r][v]);
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < kn; ++k) {
+      const T* bk = b + k * ldb;
+      V bv[NV];
+      for (int v = 0; v < NV - 1; ++v) bv[v] = V::load(bk + v * W);
+      bv[NV - 1] = V::load_first(bk + (NV - 1) * W, nlast);
+      const T* ak = a + k * lda;
+      for (int r = 0; r < M; ++r) {
+        const V av = V::set1(ak[r]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(av, bv[v], acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < M; ++r) {
+    for (int v = 0; v < NV - 1; ++v) acc[r][v].store(c + r * ldc + v * W);
+    store_n(acc[r][NV - 1], c + r * ldc + (NV - 1) * W, nlast);
+  }
+}
+
+template <typename T, int NV>
+void tn_rows(int64_t kn, const T* a, int64_t lda, int64_t m0, int64_t m1, const T* b, int64_t ldb,
+             T* c, int64_t ldc, int64_t ncols) {
+  constexpr int MR = rows_per_tile<NV>();
+  int64_t m = m0;
+  for (; m + MR <= m1; m += MR) tn_tile<T, MR, NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols);
+  switch (m1 - m) {
+    case 1: tn_tile<T, 1, NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols); break;
+    case 2: tn_tile<T, 2, NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols); break;
+    case 3: tn_tile<T, 3, NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols); break;
+    case 4: tn_tile<T, 4, NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols); break;
+    case 5: tn_tile<T, 5, NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols); break;
+    case 6: tn_tile<T, (MR > 6 ? 6 : 1), NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols); break;
+    case 7: tn_tile<T, (MR > 7 ? 7 : 1), NV>(kn, a + m, lda, b, ldb, c + m * ldc, ldc, ncols); break;
+    default: break;
+  }
+}
+
+template <typename T>
+void tn_product(const T* A, int64_t lda, int64_t m0, int64_t m1, const TnTarget<T>* targets,
+                int32_t ntargets) {
+  constexpr int W = Vec<T>::W;
+  constexpr int64_t KC = 256, MC = 96;
+  int64_t kmax = 0;
+  for (int32_t i = 0; i < ntargets; ++i) kmax = targets[i].k1 > kmax ? targets[i].k1 : kmax;
+  for (int64_t mb = m0; mb < m1; mb += MC) {
+    const int64_t me = imin(m1, mb + MC);
+    for (int64_t kb = 0; kb < kmax; kb += KC) {
+      for (int32_t i = 0; i < ntargets; ++i) {
+        const TnTarget<T>& t = targets[i];
+        const int64_t k0 = kb > t.k0 ? kb : t.k0, k1 = imin(kb + KC, t.k1);
+        if (k0 >= k1) continue;
+        const T* a = A + k0 * lda;
+        const T* b = t.B + (k0 - t.k0) * t.ldb;
+        for (int64_t n = 0; n < t.N;) {
+          const int64_t rem = t.N - n;
+          if (rem > 3 * W) {
+            const int64_t nc = imin<int64_t>(4 * W, rem);
+            tn_rows<T, 4>(k1 - k0, a, lda, mb, me, b + n, t.ldb, t.C + n, t.ldc, nc);
+            n += nc;
+          } else if (rem > W) {
+            const int64_t nc = imin<int64_t>(2 * W, rem);
+            tn_rows<T, 2>(k1 - k0, a, lda, mb, me, b + n, t.ldb, t.C + n, t.ldc, nc);
+            n += nc;
+          } else {
+            tn_rows<T, 1>(k1 - k0, a, lda, mb, me, b + n, t.ldb, t.C + n, t.ldc, rem);
+            n += rem;
+          }
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 const Kernels<T>& make_table(Isa isa) {
-  static const Kernels<T> table = {isa,           rows_per_tile<4>(), Vec<T>::W, &plan_panels<T>,
-                                   &pack<T>,      &fwd_step<T>,       &bwd_step<T>, &tanh_array<T>};
+  static const Kernels<T> table = {isa,           rows_per_tile<4>(), Vec<T>::W,    &plan_panels<T>,
+                                   &pack<T>,      &fwd_step<T>,       &bwd_step<T>, &tanh_array<T>,
+                                   &tn_product<T>};
   return table;
 }
 

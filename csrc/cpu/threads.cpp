@@ -17,8 +17,12 @@ namespace elman {
 namespace cpu {
 namespace {
 
-constexpr int kSpinBeforeYield = 4000;                 // pause loops before sched_yield in a barrier
-constexpr auto kIdleSpin = std::chrono::microseconds(1000);  // a worker's spin before it blocks
+constexpr int kSpinBeforeYield = 4000;  // pause loops before sched_yield in a barrier
+// An idle worker spins (yielding its core to anything else runnable) this long before it
+// blocks: waking a blocked thread costs 30-50 us at the median and milliseconds at the tail on
+// the machines measured, more than many whole kernel calls, so a training loop's forward,
+// backward and the Python between them should never see a sleeping worker.
+constexpr auto kIdleSpin = std::chrono::milliseconds(20);
 
 struct alignas(64) Barrier {
   alignas(64) std::atomic<int> arrived{0};
@@ -47,8 +51,9 @@ struct Pool {
       const auto until = std::chrono::steady_clock::now() + kIdleSpin;
       int spins = 0;
       while (job.load(std::memory_order_acquire) == seen && !stop.load(std::memory_order_relaxed)) {
-        _mm_pause();
-        if (++spins % 256 == 0 && std::chrono::steady_clock::now() > until) {
+        if (++spins < kSpinBeforeYield) _mm_pause();
+        else sched_yield();
+        if (spins % 256 == 0 && std::chrono::steady_clock::now() > until) {
           std::unique_lock<std::mutex> lock(m);
           sleepers.fetch_add(1);
           cv.wait(lock, [&] { return job.load(std::memory_order_acquire) != seen || stop.load(); });
