@@ -303,6 +303,29 @@ PYBIND11_MODULE(_core, m) {
       "C = A @ B through the bundled BLAS (used by `elman bench` to measure the peak).");
 
   m.def(
+      "tn_product",
+      [](py::handle A, py::handle B, py::handle C) {
+        py::array a = to_array(A, "A");
+        dispatch_dtype(a, "A", [&](auto tag) {
+          using T = decltype(tag);
+          if (a.ndim() != 2) value_error("A must be 2-D, got " + shape_str(shape_of(a)));
+          const int64_t K = a.shape(0), M = a.shape(1);
+          py::array b = to_array(B, "B");
+          if (b.ndim() != 2) value_error("B must be 2-D, got " + shape_str(shape_of(b)));
+          const int64_t N = b.shape(1);
+          std::vector<py::array> keep;
+          const T* pa = optional_input<T>(A, "A", {K, M}, keep);
+          const T* pb = optional_input<T>(B, "B", {K, N}, keep);
+          T* pc = output<T>(C, "C", {M, N});
+          const cpu::TnTarget<T> t{pb, N, N, 0, K, pc, N};
+          py::gil_scoped_release nogil;
+          cpu::kernels<T>().tn_product(pa, M, 0, M, &t, 1);
+        });
+      },
+      py::arg("A"), py::arg("B"), py::arg("C"),
+      "C += A^T @ B with the kernels' own product (single thread), for tests.");
+
+  m.def(
       "set_num_threads",
       [](int n) {
         if (n < 1) value_error("num_threads must be >= 1, got " + std::to_string(n));

@@ -14,6 +14,9 @@
 #include <cstring>
 #include <new>
 #include <vector>
+#include <chrono>
+#include <cstdio>
+static double now_ms(){return std::chrono::duration<double,std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 
 #include "../rnn.h"
 #include "blas.h"
@@ -184,29 +187,30 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
     K.fwd_step(st, r0, r1, p0, p1);
   };
 
+  double tf[4]; tf[0]=now_ms();
+  const int pp = int(std::min<int64_t>(P, npanels));  // packing parts
   cpu::parallel(P, [&](Team& team) {
-    for (int q = team.tid(); q < gp; q += team.size()) proj.run_part(q, gp);
-    for (int q = team.tid(); q < P; q += team.size()) {
-      int64_t lo, hi;
-      part_range(npanels, P, q, &lo, &hi);
-      K.pack(a.w.W_hh, H, true, H, H, panels.data(), lo, hi, Wp.p);
-    }
-    team.barrier();
+    team.for_each(gp + pp, [&](int64_t i) {
+      if (i < gp) {
+        proj.run_part(int(i), gp);
+      } else {
+        int64_t lo, hi;
+        part_range(npanels, pp, int(i - gp), &lo, &hi);
+        K.pack(a.w.W_hh, H, true, H, H, panels.data(), lo, hi, Wp.p);
+      }
+    });
     if (rp.by_rows) {
-      for (int q = team.tid(); q < rp.parts; q += team.size()) {
+      team.for_each(rp.parts, [&](int64_t q) {
         int64_t r0, r1;
-        part_range(B, rp.parts, q, &r0, &r1);
-        for (int64_t s = 0; s < nT; ++s) step(s, r0, r1, 0, npanels, q);
-      }
+        part_range(B, rp.parts, int(q), &r0, &r1);
+        for (int64_t s = 0; s < nT; ++s) step(s, r0, r1, 0, npanels, int(q));
+      });
     } else {
-      for (int64_t s = 0; s < nT; ++s) {
-        for (int q = team.tid(); q < rp.parts; q += team.size()) {
-          int64_t p0, p1;
-          part_range(npanels, rp.parts, q, &p0, &p1);
-          step(s, 0, B, p0, p1, q);
-        }
-        team.barrier();
-      }
+      team.for_each_step(nT, rp.parts, [&](int64_t s, int64_t q) {
+        int64_t p0, p1;
+        part_range(npanels, rp.parts, int(q), &p0, &p1);
+        step(s, 0, B, p0, p1, int(q));
+      });
     }
   });
 
@@ -306,78 +310,86 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   const int hp = a.grad_h0 ? gemm_parts(B, H, H, threads) : 0;
   const int P = std::max({rp.parts, wp, xp, hp});
 
-  cpu::parallel(P, [&](Team& team) {
-    for (int q = team.tid(); q < P; q += team.size()) {
-      int64_t lo, hi;
-      part_range(npanels, P, q, &lo, &hi);
-      K.pack(a.w.W_hh, H, false, H, H, panels.data(), lo, hi, Wp.p);
+  // Rows [lo, hi) of dW_ih and dW_hh (part q of wp).
+  auto weight_part = [&](int q) {
+    int64_t lo, hi;
+    part_range(H, wp, q, &lo, &hi);
+    if (hi <= lo) return;
+    if (uniform) {
+      K.tn_product(dz, H, lo, hi, wt.data(), int32_t(wt.size()));
+      return;
     }
-    team.barrier();
+    // Variable lengths: each sequence over its valid steps only (stride B rows), so that
+    // padded inputs and states are never multiplied, not even by zero.
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t L = length_of(sh, b);
+      cpu::TnTarget<T> t[2] = {{a.x + b * I, B * I, I, 0, L, a.dW_ih, I}, {}};
+      if (sh.reverse) t[1] = {a.out + (B + b) * ld, B * ld, H, 0, L - 1, a.dW_hh, H};
+      else t[1] = {a.out + b * ld, B * ld, H, 1, L, a.dW_hh, H};
+      K.tn_product(dz + b * H, B * H, lo, hi, t, L > 1 ? 2 : 1);
+    }
+    if (a.h0) {
+      const cpu::TnTarget<T> t0{a.h0, H, H, 0, B, a.dW_hh, H};
+      K.tn_product(first.p, H, lo, hi, &t0, 1);
+    }
+  };
+  // Part q of xp of grad_x: rows of dZ W_ih, or (variable lengths) some sequences.
+  auto x_part = [&](int q) {
+    if (uniform) {
+      gx.run_part(q, xp);
+      return;
+    }
+    int64_t b0, b1;
+    part_range(B, xp, q, &b0, &b1);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t L = length_of(sh, b);
+      T* g = a.grad_x + b * I;
+      cpu::gemm<T>(false, false, L, I, H, T(1), dz + b * H, B * H, a.w.W_ih, I, beta_x, g, B * I);
+      if (!a.accumulate_grad_x)
+        for (int64_t t = L; t < nT; ++t) std::fill(g + t * B * I, g + t * B * I + I, T(0));
+    }
+  };
+
+  double tt[8]; tt[0]=now_ms();
+  const int pp = int(std::min<int64_t>(P, npanels));  // packing parts
+  cpu::parallel(P, [&](Team& team) {
+    team.for_each(pp, [&](int64_t q) {
+      int64_t lo, hi;
+      part_range(npanels, pp, int(q), &lo, &hi);
+      K.pack(a.w.W_hh, H, false, H, H, panels.data(), lo, hi, Wp.p);
+    });
     if (rp.by_rows) {
-      for (int q = team.tid(); q < rp.parts; q += team.size()) {
+      team.for_each(rp.parts, [&](int64_t q) {
         int64_t r0, r1;
-        part_range(B, rp.parts, q, &r0, &r1);
-        for (int64_t s = nT - 1; s >= 0; --s) step(s, r0, r1, 0, npanels, q);
-      }
+        part_range(B, rp.parts, int(q), &r0, &r1);
+        for (int64_t s = nT - 1; s >= 0; --s) step(s, r0, r1, 0, npanels, int(q));
+      });
     } else {
-      for (int64_t s = nT - 1; s >= 0; --s) {
-        for (int q = team.tid(); q < rp.parts; q += team.size()) {
-          int64_t p0, p1;
-          part_range(npanels, rp.parts, q, &p0, &p1);
-          step(s, 0, B, p0, p1, q);
-        }
-        team.barrier();
-      }
+      team.for_each_step(nT, rp.parts, [&](int64_t i, int64_t q) {
+        int64_t p0, p1;
+        part_range(npanels, rp.parts, int(q), &p0, &p1);
+        step(nT - 1 - i, 0, B, p0, p1, int(q));
+      });
     }
     if (!uniform) {  // dz at each sequence's first step, for grad_h0 and dW_hh's h0 term
-      for (int q = team.tid(); q < P; q += team.size()) {
+      team.for_each(P, [&](int64_t q) {
         int64_t b0, b1;
-        part_range(B, P, q, &b0, &b1);
+        part_range(B, P, int(q), &b0, &b1);
         for (int64_t b = b0; b < b1; ++b) {
           const T* src = dz + (first_step_time(sh, b) * B + b) * H;
           std::copy(src, src + H, first.p + b * H);
         }
-      }
+      });
     }
-    team.barrier();
-    for (int q = team.tid(); q < wp; q += team.size()) {
-      int64_t lo, hi;
-      part_range(H, wp, q, &lo, &hi);
-      if (hi <= lo) continue;
-      if (uniform) {
-        K.tn_product(dz, H, lo, hi, wt.data(), int32_t(wt.size()));
-        continue;
+    team.for_each(wp + xp + hp, [&](int64_t i) {
+      if (i < wp) {
+        weight_part(int(i));
+      } else if (i < wp + xp) {
+        x_part(int(i - wp));
+      } else if (a.grad_h0) {
+        gh0.run_part(int(i - wp - xp), hp);
       }
-      // Variable lengths: each sequence over its valid steps only (stride B rows), so that
-      // padded inputs and states are never multiplied, not even by zero.
-      for (int64_t b = 0; b < B; ++b) {
-        const int64_t L = length_of(sh, b);
-        cpu::TnTarget<T> t[2] = {{a.x + b * I, B * I, I, 0, L, a.dW_ih, I}, {}};
-        if (sh.reverse) t[1] = {a.out + (B + b) * ld, B * ld, H, 0, L - 1, a.dW_hh, H};
-        else t[1] = {a.out + b * ld, B * ld, H, 1, L, a.dW_hh, H};
-        K.tn_product(dz + b * H, B * H, lo, hi, t, L > 1 ? 2 : 1);
-      }
-      if (a.h0) {
-        const cpu::TnTarget<T> t0{a.h0, H, H, 0, B, a.dW_hh, H};
-        K.tn_product(first.p, H, lo, hi, &t0, 1);
-      }
-    }
-    if (uniform) {
-      for (int q = team.tid(); q < xp; q += team.size()) gx.run_part(q, xp);
-    } else {
-      for (int q = team.tid(); q < xp; q += team.size()) {
-        int64_t b0, b1;
-        part_range(B, xp, q, &b0, &b1);
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t L = length_of(sh, b);
-          T* g = a.grad_x + b * I;
-          cpu::gemm<T>(false, false, L, I, H, T(1), dz + b * H, B * H, a.w.W_ih, I, beta_x, g, B * I);
-          if (!a.accumulate_grad_x)
-            for (int64_t t = L; t < nT; ++t) std::fill(g + t * B * I, g + t * B * I + I, T(0));
-        }
-      }
-    }
-    for (int q = team.tid(); q < hp; q += team.size()) gh0.run_part(q, hp);
+    });
   });
 
   if (want_db) {

@@ -1,14 +1,14 @@
-// The worker pool behind parallel(): workers spin briefly for the next region (so a training
-// loop's forward, backward and the Python between them do not pay a wake-up), then block.
+// The worker pool behind parallel(). Idle workers spin briefly for the next region, then block;
+// a region never waits for a worker to arrive, only for the items taken to be finished.
 #include "threads.h"
 
 #include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -17,43 +17,40 @@ namespace elman {
 namespace cpu {
 namespace {
 
-constexpr int kSpinBeforeYield = 4000;  // pause loops before sched_yield in a barrier
-// An idle worker spins (yielding its core to anything else runnable) this long before it
-// blocks: waking a blocked thread costs 30-50 us at the median and milliseconds at the tail on
-// the machines measured, more than many whole kernel calls, so a training loop's forward,
-// backward and the Python between them should never see a sleeping worker.
-constexpr auto kIdleSpin = std::chrono::milliseconds(20);
-
-struct alignas(64) Barrier {
-  alignas(64) std::atomic<int> arrived{0};
-  alignas(64) std::atomic<uint32_t> generation{0};
-};
+// A waiting thread spins (pause) this many times, then yields its core between checks.
+constexpr int kSpinBeforeYield = 20000;
+// An idle worker spins this long for the next region before it blocks. Joining late costs the
+// region only parallelism, never a wait, so this can stay short and leave the cores to other
+// thread pools (a torch or NumPy call between two elman calls).
+constexpr auto kIdleSpin = std::chrono::microseconds(500);
 
 struct Pool {
   explicit Pool(int n) : nthreads(n) {}
   int nthreads;                      // including the calling thread
   std::vector<std::thread> workers;  // nthreads - 1, started on first use
-  std::atomic<bool> busy{false};
+  std::atomic<bool> busy{false};     // a region is open
   std::mutex m;
   std::condition_variable cv;
   std::atomic<int> sleepers{0};
   std::atomic<bool> stop{false};
   alignas(64) std::atomic<uint64_t> job{0};
+  // The open region (valid while `open` is set and a worker holds `active`).
   TeamFn fn = nullptr;
   void* ctx = nullptr;
-  int size = 1;
-  alignas(64) std::atomic<int> finished{0};
-  Barrier barrier;
+  Region* region = nullptr;
+  int want = 1;
+  alignas(64) std::atomic<bool> open{false};
+  alignas(64) std::atomic<int> active{0};   // workers inside fn
+  alignas(64) std::atomic<int> joined{0};   // workers admitted to this region
 
-  void worker(int index) {
+  void worker() {
     uint64_t seen = 0;
     for (;;) {
       const auto until = std::chrono::steady_clock::now() + kIdleSpin;
       int spins = 0;
       while (job.load(std::memory_order_acquire) == seen && !stop.load(std::memory_order_relaxed)) {
-        if (++spins < kSpinBeforeYield) _mm_pause();
-        else sched_yield();
-        if (spins % 256 == 0 && std::chrono::steady_clock::now() > until) {
+        _mm_pause();
+        if (++spins % 256 == 0 && std::chrono::steady_clock::now() > until) {
           std::unique_lock<std::mutex> lock(m);
           sleepers.fetch_add(1);
           cv.wait(lock, [&] { return job.load(std::memory_order_acquire) != seen || stop.load(); });
@@ -63,16 +60,19 @@ struct Pool {
       }
       if (stop.load()) return;
       seen = job.load(std::memory_order_acquire);
-      if (index < size) {
-        Team team(index, size, &barrier);
+      // Join unless the region is already closed or has all the threads it asked for.
+      active.fetch_add(1, std::memory_order_seq_cst);
+      if (open.load(std::memory_order_seq_cst) &&
+          joined.fetch_add(1, std::memory_order_relaxed) + 1 < want) {
+        Team team(region);
         fn(ctx, team);
-        finished.fetch_add(1, std::memory_order_acq_rel);
       }
+      active.fetch_sub(1, std::memory_order_release);
     }
   }
 
   void start() {
-    for (int i = 1; i < nthreads; ++i) workers.emplace_back([this, i] { worker(i); });
+    for (int i = 1; i < nthreads; ++i) workers.emplace_back([this] { worker(); });
   }
 
   void shutdown() {
@@ -112,49 +112,45 @@ const bool g_atfork = [] { return pthread_atfork(nullptr, nullptr, after_fork_in
 
 }  // namespace
 
-void Team::barrier() {
-  if (size_ <= 1) return;
-  auto* b = static_cast<Barrier*>(barrier_);
-  const uint32_t gen = b->generation.load(std::memory_order_acquire);
-  if (b->arrived.fetch_add(1, std::memory_order_acq_rel) == size_ - 1) {
-    b->arrived.store(0, std::memory_order_relaxed);
-    b->generation.store(gen + 1, std::memory_order_release);
-    return;
-  }
+void wait_until_done(const std::atomic<int64_t>& done, int64_t target) {
   int spins = 0;
-  while (b->generation.load(std::memory_order_acquire) == gen) {
+  while (done.load(std::memory_order_acquire) < target) {
     if (++spins < kSpinBeforeYield) _mm_pause();
-    else sched_yield();  // another process holds our core: let it run
+    else sched_yield();  // the thread finishing the item may need this core
   }
 }
 
+Phase& Team::next_phase() {
+  if (phase_ >= Region::kMaxPhases) std::abort();  // a kernel opened too many phases: a bug
+  return r_->phases[phase_++];
+}
+
 void parallel_raw(int want, TeamFn fn, void* ctx) {
+  Region region;
   Pool* p = pool();
-  const int size = want < p->nthreads ? want : p->nthreads;
+  if (want > p->nthreads) want = p->nthreads;
   bool expected = false;
-  if (size <= 1 || !p->busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
-    Team team(0, 1, nullptr);  // alone: this thread runs every part
+  if (want <= 1 || !p->busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+    Team team(&region);  // alone: this thread takes every item
     fn(ctx, team);
     return;
   }
   if (p->workers.empty()) p->start();
   p->fn = fn;
   p->ctx = ctx;
-  p->size = size;
-  p->finished.store(0, std::memory_order_relaxed);
-  p->barrier.arrived.store(0, std::memory_order_relaxed);
+  p->region = &region;
+  p->want = want;
+  p->joined.store(0, std::memory_order_relaxed);
+  p->open.store(true, std::memory_order_seq_cst);
   p->job.fetch_add(1, std::memory_order_acq_rel);
   if (p->sleepers.load() > 0) {
     std::lock_guard<std::mutex> lock(p->m);
     p->cv.notify_all();
   }
-  Team team(0, size, &p->barrier);
-  fn(ctx, team);
-  int spins = 0;
-  while (p->finished.load(std::memory_order_acquire) != size - 1) {
-    if (++spins < kSpinBeforeYield) _mm_pause();
-    else sched_yield();
-  }
+  Team team(&region);
+  fn(ctx, team);  // returns when every item is done
+  p->open.store(false, std::memory_order_seq_cst);
+  while (p->active.load(std::memory_order_seq_cst) != 0) _mm_pause();  // late joiners leave
   p->busy.store(false, std::memory_order_release);
 }
 

@@ -1,31 +1,71 @@
-// Persistent worker threads for the CPU kernels. One parallel region per kernel call; inside
-// it, threads synchronise once per time step with a spin barrier (waking a blocked thread costs
-// tens of microseconds, far more than a step). Work is described as P parts that the team
-// shares out (part q runs on thread q % size), so the result depends only on P, never on how
-// many threads happened to be free: a call that finds the pool busy runs every part itself.
+// Worker threads for the CPU kernels. A kernel call opens one parallel region and describes its
+// work as items: independent items (for_each), or items in steps where step s starts only once
+// step s-1 is complete (for_each_step: one time step of the recurrence split into parts). Any
+// thread of the region takes the next item from a shared counter, so a call never waits for a
+// worker that has not started (woken late, or descheduled on a loaded machine): the caller does
+// the work itself. What each item computes never depends on which thread runs it, so results
+// depend only on the split (fixed by the shapes and the configured thread count).
 #pragma once
+#include <atomic>
 #include <cstdint>
-#include <utility>
 
 namespace elman {
 namespace cpu {
 
+struct alignas(64) Phase {
+  std::atomic<int64_t> next{0};
+  alignas(64) std::atomic<int64_t> done{0};
+};
+
+struct Region {
+  static constexpr int kMaxPhases = 16;
+  Phase phases[kMaxPhases];
+};
+
+void wait_until_done(const std::atomic<int64_t>& done, int64_t target);
+
 class Team {
  public:
-  Team(int tid, int size, void* barrier) : tid_(tid), size_(size), barrier_(barrier) {}
-  int tid() const { return tid_; }
-  int size() const { return size_; }
-  void barrier();  // all threads of the team reach this point before any continues
+  explicit Team(Region* r) : r_(r) {}
+
+  // body(i) for every i in [0, n), each exactly once; returns when all are done.
+  template <typename F>
+  void for_each(int64_t n, F&& body) {
+    Phase& p = next_phase();
+    for (int64_t i = p.next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = p.next.fetch_add(1, std::memory_order_relaxed)) {
+      body(i);
+      p.done.fetch_add(1, std::memory_order_release);
+    }
+    wait_until_done(p.done, n);
+  }
+
+  // body(s, q) for s in [0, steps), q in [0, parts); (s, q) starts after all of step s - 1.
+  template <typename F>
+  void for_each_step(int64_t steps, int64_t parts, F&& body) {
+    Phase& p = next_phase();
+    const int64_t n = steps * parts;
+    for (int64_t i = p.next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = p.next.fetch_add(1, std::memory_order_relaxed)) {
+      const int64_t s = i / parts;
+      wait_until_done(p.done, s * parts);
+      body(s, i - s * parts);
+      p.done.fetch_add(1, std::memory_order_release);
+    }
+    wait_until_done(p.done, n);
+  }
 
  private:
-  int tid_, size_;
-  void* barrier_;
+  Phase& next_phase();
+  Region* r_;
+  int phase_ = 0;
 };
 
 using TeamFn = void (*)(void* ctx, Team& team);
 void parallel_raw(int want, TeamFn fn, void* ctx);
 
-// Runs f(team) on min(want, get_num_threads()) threads; the caller is thread 0.
+// Runs f(team) on the calling thread and on up to want - 1 workers that join while work is
+// left; every thread of the region runs f (the same sequence of for_each calls).
 template <typename F>
 void parallel(int want, F&& f) {
   parallel_raw(want, [](void* ctx, Team& team) { (*static_cast<F*>(ctx))(team); },

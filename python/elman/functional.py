@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _backend, reference
 
-__all__ = ["rnn_forward", "rnn_backward", "RNNGrads"]
+__all__ = ["rnn_forward", "rnn_backward", "RNNGrads", "forward_into", "backward_into"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NONLINEARITIES = ("tanh", "relu")
@@ -118,8 +118,17 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
         out = as_array(out, "out", dtype)
         check_shape(out, "out", (T, B, H))
     h_n = np.empty((B, H), dtype)
-    if B == 0:
-        return out, h_n
+    forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, nonlinearity,
+                 reverse, out, h_n)
+    return out, h_n
+
+
+def forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, nonlinearity,
+                 reverse, out, h_n):
+    """The kernel call of :func:`rnn_forward` on arguments that are already validated (the
+    layers' path; the compiled backend checks them again at its boundary). Writes out, h_n."""
+    if out.shape[1] == 0:
+        return
     if backend == "cpu":
         _backend.core().rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
                                     nonlinearity, bool(reverse), out, h_n)
@@ -128,7 +137,6 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
                                       nonlinearity, bool(reverse))
         out[...] = o
         h_n[...] = hn
-    return out, h_n
 
 
 # ----------------------------------------------------------------------------- backward
@@ -160,30 +168,44 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
         if g is not None:
             check_shape(as_array(g, name, dtype), name, shape)
     if grad_x is None:
-        grad_x = np.zeros((T, B, I), dtype)
+        grad_x = np.empty((T, B, I), dtype)
         accumulate_grad_x = False
     else:
         check_shape(as_array(grad_x, "grad_x", dtype), "grad_x", (T, B, I))
-    grad_h0 = np.zeros((B, H), dtype)
-    norms = np.zeros(T)
-    if B == 0:
-        return RNNGrads(grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)
+    grad_h0 = np.empty((B, H), dtype)
+    norms = np.empty(T)
+    backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                  nonlinearity, reverse, grads, grad_x, accumulate_grad_x, grad_h0, norms)
+    return RNNGrads(grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)
+
+
+def backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                  nonlinearity, reverse, grads, grad_x, accumulate_grad_x, grad_h0, grad_norms):
+    """The kernel call of :func:`rnn_backward` on validated arguments (the layers' path).
+    Accumulates into ``grads`` (dW_ih, dW_hh, db_ih, db_hh); writes or adds grad_x; writes
+    grad_h0 and grad_norms."""
+    dW_ih, dW_hh, db_ih, db_hh = grads
+    if out.shape[1] == 0:
+        if not accumulate_grad_x:
+            grad_x[...] = 0
+        grad_norms[...] = 0
+        return
     if backend == "cpu":
         _backend.core().rnn_backward(x, weight_ih, weight_hh, h0, out, grad_out, grad_h_n, lengths,
                                      nonlinearity, bool(reverse), grad_x, bool(accumulate_grad_x),
-                                     grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)
+                                     grad_h0, dW_ih, dW_hh, db_ih, db_hh, grad_norms)
+        return
+    r = reference.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                               nonlinearity, bool(reverse))
+    dtype = dW_ih.dtype
+    dW_ih += r["dW_ih"].astype(dtype)
+    dW_hh += r["dW_hh"].astype(dtype)
+    for db in (db_ih, db_hh):
+        if db is not None:
+            db += r["db"].astype(dtype)
+    if accumulate_grad_x:
+        grad_x += r["grad_x"].astype(dtype)
     else:
-        r = reference.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
-                                   nonlinearity, bool(reverse))
-        dW_ih += r["dW_ih"].astype(dtype)
-        dW_hh += r["dW_hh"].astype(dtype)
-        for db in (db_ih, db_hh):
-            if db is not None:
-                db += r["db"].astype(dtype)
-        if accumulate_grad_x:
-            grad_x += r["grad_x"].astype(dtype)
-        else:
-            grad_x[...] = r["grad_x"]
-        grad_h0[...] = r["grad_h0"]
-        norms[...] = r["grad_norms"]
-    return RNNGrads(grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)
+        grad_x[...] = r["grad_x"]
+    grad_h0[...] = r["grad_h0"]
+    grad_norms[...] = r["grad_norms"]

@@ -260,17 +260,16 @@ class RNN(Module):
                     self._add_param(f"bias_hh_l{k}{sfx}", self._uniform(self._rng, (H,), bound, self.dtype))
         self._ctx = None
         self.grad_norms = {}
+        # (suffix, weight_ih, weight_hh, bias_ih, bias_hh) per layer and direction, in order
+        p = self._params
+        self._cells = [
+            (sfx, p[f"weight_ih_{sfx}"], p[f"weight_hh_{sfx}"], p.get(f"bias_ih_{sfx}"),
+             p.get(f"bias_hh_{sfx}"))
+            for k in range(self.num_layers) for sfx in (f"l{k}", f"l{k}_reverse")[:D]]
 
     @property
     def num_directions(self):
         return 2 if self.bidirectional else 1
-
-    def _layer_params(self, k, d):
-        sfx = f"l{k}" + ("_reverse" if d else "")
-        p = self._params
-        b_ih = p[f"bias_ih_{sfx}"].data if self.bias else None
-        b_hh = p[f"bias_hh_{sfx}"].data if self.bias else None
-        return sfx, p[f"weight_ih_{sfx}"], p[f"weight_hh_{sfx}"], b_ih, b_hh
 
     def __repr__(self):
         s = f"RNN({self.input_size}, {self.hidden_size}"
@@ -321,12 +320,13 @@ class RNN(Module):
         for k in range(nL):
             out = np.empty((T, B, D * H), self.dtype)
             for d in range(D):
-                _, W_ih, W_hh, b_ih, b_hh = self._layer_params(k, d)
-                h0_kd = None if h0 is None else h0[k * D + d]
-                _, h_n[k * D + d] = F.rnn_forward(inp, W_ih.data, W_hh.data, b_ih, b_hh, h0_kd,
-                                                  lengths, self.nonlinearity, reverse=d == 1,
-                                                  out=out[:, :, d * H:(d + 1) * H],
-                                                  backend=self.backend)
+                _, W_ih, W_hh, b_ih, b_hh = self._cells[k * D + d]
+                F.forward_into(self.backend, inp, W_ih._data, W_hh._data,
+                               None if b_ih is None else b_ih._data,
+                               None if b_hh is None else b_hh._data,
+                               None if h0 is None else h0[k * D + d], lengths, self.nonlinearity,
+                               d == 1, out[:, :, d * H:(d + 1) * H] if D > 1 else out,
+                               h_n[k * D + d])
             if record:
                 layers.append((inp, out, in_mask))
             in_mask = None
@@ -365,28 +365,24 @@ class RNN(Module):
             if not batched:
                 grad_h_n = grad_h_n[:, None, :]
         self._ctx = None
-        grad_h0 = np.zeros((nL * D, B, H), self.dtype)
+        grad_h0 = np.empty((nL * D, B, H), self.dtype)
         norms = {}
         g_layer = grad_out
         for k in reversed(range(nL)):
             inp, out, in_mask = layers[k]
-            gx = np.zeros(inp.shape, self.dtype)
+            gx = np.empty(inp.shape, self.dtype)
             for d in range(D):
-                sfx, W_ih, W_hh, _, _ = self._layer_params(k, d)
-                p = self._params
-                grads = (W_ih.grad, W_hh.grad,
-                         p[f"bias_ih_{sfx}"].grad if self.bias else None,
-                         p[f"bias_hh_{sfx}"].grad if self.bias else None)
-                cols = slice(d * H, (d + 1) * H)
-                r = F.rnn_backward(inp, W_ih.data, W_hh.data, out[:, :, cols],
-                                   h0=None if h0 is None else h0[k * D + d],
-                                   grad_out=None if g_layer is None else g_layer[:, :, cols],
-                                   grad_h_n=None if grad_h_n is None else grad_h_n[k * D + d],
-                                   lengths=lengths, nonlinearity=self.nonlinearity,
-                                   reverse=d == 1, bias=self.bias, grads=grads, grad_x=gx,
-                                   accumulate_grad_x=d > 0, backend=self.backend)
-                grad_h0[k * D + d] = r.grad_h0
-                norms[sfx] = r.grad_norms
+                sfx, W_ih, W_hh, b_ih, b_hh = self._cells[k * D + d]
+                cols = slice(d * H, (d + 1) * H) if D > 1 else slice(None)
+                norms[sfx] = np.empty(T)
+                F.backward_into(self.backend, inp, W_ih._data, W_hh._data, out[:, :, cols],
+                                None if h0 is None else h0[k * D + d],
+                                None if g_layer is None else g_layer[:, :, cols],
+                                None if grad_h_n is None else grad_h_n[k * D + d],
+                                lengths, self.nonlinearity, d == 1,
+                                (W_ih._grad, W_hh._grad, None if b_ih is None else b_ih._grad,
+                                 None if b_hh is None else b_hh._grad),
+                                gx, d > 0, grad_h0[k * D + d], norms[sfx])
             if in_mask is not None:
                 gx *= in_mask
             g_layer = gx
