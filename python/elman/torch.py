@@ -1,0 +1,317 @@
+"""elman.torch: drop-in ``torch.nn.RNN`` / ``torch.nn.RNNCell`` whose forward and backward run
+elman's fused kernels. Imported only on request (``import elman.torch``); torch stays optional.
+
+The classes subclass torch's own, so constructor, parameters (names, shapes, init), state_dict,
+repr, hooks, pickling and DDP behave exactly as torch's. Only ``forward`` differs: CPU float32 /
+float64 tensors go through one autograd node per layer (both directions inside, one fused kernel
+call per direction forward and one per direction backward, the whole sequence at once) on
+zero-copy NumPy views; everything else (other devices and dtypes, autocast, tracing, scripting,
+torch.compile, functorch transforms, forward-mode AD, and any invalid input, so that errors are
+torch's own) runs ``torch.nn.RNN.forward`` / ``torch.nn.RNNCell.forward`` with the same
+parameters.
+"""
+
+import warnings
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.overrides import has_torch_function
+
+from . import functional as F
+
+__all__ = ["RNN", "RNNCell"]
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _kernels_take(tensors):
+    """True when elman's kernels can run on ``tensors`` (None entries allowed): plain strided CPU
+    tensors of one float32 / float64 dtype, in a context that does not need torch's own ops."""
+    dtype = tensors[0].dtype
+    if dtype not in _KERNEL_DTYPES:
+        return False
+    for t in tensors:
+        if t is not None and (t.dtype != dtype or t.device.type != "cpu"
+                              or t.layout != torch.strided):
+            return False
+    present = tuple(t for t in tensors if t is not None)
+    # Tensor subclasses with __torch_function__, tracing, scripting, compiling, functorch
+    # transforms, forward-mode AD and autocast all need to see torch ops, not a NumPy call.
+    return not (has_torch_function(present)
+                or torch.jit.is_scripting() or torch.jit.is_tracing()
+                or torch.compiler.is_compiling()
+                or torch._C._are_functorch_transforms_active()
+                or torch.autograd.forward_ad._current_level >= 0
+                or torch.is_autocast_enabled("cpu"))
+
+
+def _np(t):
+    """A zero-copy NumPy view of a CPU tensor (None stays None)."""
+    return None if t is None else t.detach().numpy()
+
+
+# ----------------------------------------------------------------------------- one layer
+def _layer_forward(cfg, x, h0, weights):
+    """Runs every direction of one layer: x (T, B, I), h0 (D, B, H) or None, weights in torch's
+    flat order per direction. Returns out (T, B, D*H) (each direction writes its column half
+    in place) and h_n (D, B, H)."""
+    nonlinearity, D, nw, lengths = cfg
+    T, B, _ = x.shape
+    H = weights[1].shape[0]
+    out = torch.empty((T, B, D * H), dtype=x.dtype)
+    h_n = torch.empty((D, B, H), dtype=x.dtype)
+    xn, on, hn = _np(x), out.numpy(), h_n.numpy()
+    for d in range(D):
+        w = weights[d * nw:(d + 1) * nw]
+        b_ih, b_hh = (_np(w[2]), _np(w[3])) if nw == 4 else (None, None)
+        _, hn[d] = F.rnn_forward(xn, _np(w[0]), _np(w[1]), b_ih, b_hh,
+                                 None if h0 is None else _np(h0[d]), lengths, nonlinearity,
+                                 reverse=d == 1, out=on[:, :, d * H:(d + 1) * H])
+    return out, h_n
+
+
+class _Layer(torch.autograd.Function):
+    """One autograd node for one layer over the whole sequence, every direction inside it."""
+
+    @staticmethod
+    def forward(ctx, cfg, x, h0, *weights):
+        out, h_n = _layer_forward(cfg, x, h0, weights)
+        ctx.cfg = cfg
+        ctx.save_for_backward(x, h0, out, *weights)
+        ctx.set_materialize_grads(False)  # a None gradient goes to the kernel as "zeros"
+        return out, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_hn):
+        nonlinearity, D, nw, lengths = ctx.cfg
+        x, h0, out, *weights = ctx.saved_tensors
+        if g_out is None and g_hn is None:
+            return (None,) * (3 + len(weights))
+        T, B, I = x.shape
+        H = weights[1].shape[0]
+        need = ctx.needs_input_grad
+        grad_x = torch.empty((T, B, I), dtype=x.dtype)
+        grad_h0 = torch.empty((D, B, H), dtype=x.dtype) if h0 is not None and need[2] else None
+        xn, on, gxn = _np(x), _np(out), grad_x.numpy()
+        gon = _np(g_out)
+        grad_w = []
+        for d in range(D):
+            w = weights[d * nw:(d + 1) * nw]
+            gw = [torch.zeros(t.shape, dtype=t.dtype) for t in w]
+            cols = slice(d * H, (d + 1) * H)
+            r = F.rnn_backward(xn, _np(w[0]), _np(w[1]), on[:, :, cols],
+                               h0=None if h0 is None else _np(h0[d]),
+                               grad_out=None if gon is None else gon[:, :, cols],
+                               grad_h_n=None if g_hn is None else _np(g_hn[d]),
+                               lengths=lengths, nonlinearity=nonlinearity, reverse=d == 1,
+                               bias=nw == 4, grads=tuple(g.numpy() for g in gw) + (None,) * (4 - nw),
+                               grad_x=gxn, accumulate_grad_x=d > 0)
+            if grad_h0 is not None:
+                grad_h0[d] = torch.from_numpy(r.grad_h0)
+            grad_w += [g if need[3 + d * nw + i] else None for i, g in enumerate(gw)]
+        return (None, grad_x if need[1] else None, grad_h0, *grad_w)
+
+
+def _run_layer(cfg, x, h0, weights):
+    """A layer through the autograd node when a gradient is wanted, straight through otherwise."""
+    if torch.is_grad_enabled() and (x.requires_grad or (h0 is not None and h0.requires_grad)
+                                    or any(w.requires_grad for w in weights)):
+        return _Layer.apply(cfg, x, h0, *weights)
+    return _layer_forward(cfg, x, h0, weights)
+
+
+# ----------------------------------------------------------------------------- conversions
+def _convert(src, cls, names, kwargs, copy):
+    """A ``cls`` module built like ``src`` holding src's Parameter objects (copy=False) or
+    deep copies of them (copy=True)."""
+    first = getattr(src, names[0])
+    with warnings.catch_warnings():  # the dropout / num_layers warning was shown for src already
+        warnings.simplefilter("ignore", UserWarning)
+        new = cls(**kwargs, device="meta", dtype=first.dtype)
+    for name in names:
+        p = getattr(src, name)
+        if copy:
+            p = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        setattr(new, name, p)
+    if hasattr(new, "_init_flat_weights"):
+        new._init_flat_weights()
+    return new.train(src.training)
+
+
+# ----------------------------------------------------------------------------- RNN
+class RNN(torch.nn.RNN):
+    r"""``torch.nn.RNN`` running on elman's fused CPU kernels; a drop-in replacement.
+
+    Same constructor (``input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None``), same
+    parameters, init, state_dict and ``isinstance(m, torch.nn.RNN)``; ``out, h_n = rnn(input,
+    hx=None)`` with every input convention of torch (batched, ``batch_first``, unbatched,
+    ``PackedSequence`` in and out). Dropout between layers uses ``torch.dropout`` on the same
+    tensors in the same order as torch, so a seeded run draws the same masks.
+
+    CPU float32 / float64 runs elman's kernels: one autograd node per layer for the whole
+    sequence. Anything else falls back to ``torch.nn.RNN.forward`` with the same parameters
+    (so other devices and dtypes work, and invalid input raises torch's own exceptions).
+    The backward pass is not itself differentiable (no double backward on the kernel path).
+    """
+
+    @classmethod
+    def from_torch(cls, module, copy=False):
+        """An ``elman.torch.RNN`` configured like ``module`` (a ``torch.nn.RNN``).
+
+        ``copy=False`` shares the parameters: both modules hold the very same
+        ``torch.nn.Parameter`` objects, so an optimizer built on ``module.parameters()`` trains
+        the new module too and in-place changes show in both. ``copy=True`` gives independent
+        copies. The training / eval mode is taken over; hooks are not.
+        """
+        if not isinstance(module, torch.nn.RNN):
+            raise TypeError(f"from_torch expects a torch.nn.RNN, got {type(module).__name__}")
+        return _convert(module, cls, module._flat_weights_names, _rnn_kwargs(module), copy)
+
+    def to_torch(self, copy=False):
+        """A plain ``torch.nn.RNN`` with this module's configuration; parameters shared
+        (``copy=False``, the same Parameter objects) or copied (``copy=True``)."""
+        return _convert(self, torch.nn.RNN, self._flat_weights_names, _rnn_kwargs(self), copy)
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        weights = self._flat_weights
+        if not (isinstance(data, torch.Tensor) and (hx is None or isinstance(hx, torch.Tensor))
+                and _kernels_take([data, hx, *weights]) and self._shapes_fit(input, data, hx)):
+            return super().forward(input, hx)
+        if packed:
+            # The padded batch in the PackedSequence's (length-sorted) order, as torch works.
+            x, lengths = pad_packed_sequence(PackedSequence(data, input.batch_sizes))
+            if hx is not None:
+                hx = self.permute_hidden(hx, input.sorted_indices)
+        else:
+            lengths = None
+            batched = data.dim() == 3
+            if not batched:
+                x = data.unsqueeze(1)
+                hx = None if hx is None else hx.unsqueeze(1)
+            else:
+                x = data.transpose(0, 1) if self.batch_first else data
+        out, h_n = self._layers(x.contiguous(), hx, lengths)
+        if packed:
+            out = pack_padded_sequence(out, lengths).data
+            return (PackedSequence(out, input.batch_sizes, input.sorted_indices,
+                                   input.unsorted_indices),
+                    self.permute_hidden(h_n, input.unsorted_indices))
+        if not batched:
+            return out.squeeze(1), h_n.squeeze(1)
+        return (out.transpose(0, 1) if self.batch_first else out), h_n
+
+    def _shapes_fit(self, input, data, hx):
+        """True when the input is valid for the kernel path; anything else goes to torch's
+        forward, which raises its own errors (or handles it, e.g. an empty batch)."""
+        D = 2 if self.bidirectional else 1
+        if data.size(-1) != self.input_size:
+            return False
+        if isinstance(input, PackedSequence):
+            if data.dim() != 2:
+                return False
+            expected = (self.num_layers * D, int(input.batch_sizes[0]), self.hidden_size)
+        elif data.dim() == 3:
+            T, B = (data.size(1), data.size(0)) if self.batch_first else data.shape[:2]
+            if T == 0 or B == 0:
+                return False
+            expected = (self.num_layers * D, B, self.hidden_size)
+        elif data.dim() == 2:
+            if data.size(0) == 0:
+                return False
+            expected = (self.num_layers * D, self.hidden_size)
+        else:
+            return False
+        return hx is None or tuple(hx.shape) == expected
+
+    def _layers(self, x, hx, lengths):
+        """x (T, B, I) contiguous, hx (L*D, B, H) or None, lengths (B,) or None (padded
+        input in PackedSequence order). Returns out (T, B, D*H) and h_n (L*D, B, H)."""
+        D = 2 if self.bidirectional else 1
+        nw = 4 if self.bias else 2
+        per_layer = D * nw
+        weights = self._flat_weights
+        cfg = (self.nonlinearity, D, nw, None if lengths is None else lengths.numpy())
+        dropout = self.dropout if self.training else 0.0
+        inp, h_n = x, []
+        for k in range(self.num_layers):
+            h0 = None if hx is None else hx[k * D:(k + 1) * D]
+            out, hn = _run_layer(cfg, inp, h0, weights[k * per_layer:(k + 1) * per_layer])
+            h_n.append(hn)
+            if dropout > 0 and k < self.num_layers - 1:
+                inp = self._dropout(out, lengths, dropout)
+            else:
+                inp = out
+        return out, h_n[0] if len(h_n) == 1 else torch.cat(h_n)
+
+    @staticmethod
+    def _dropout(out, lengths, p):
+        """torch.dropout on the tensor torch drops out: the (T, B, D*H) layer output, or, for
+        packed input, its packed data (so a seeded run draws the same mask as torch)."""
+        if lengths is None:
+            return torch.dropout(out, p, True)
+        packed = pack_padded_sequence(out, lengths)
+        dropped = PackedSequence(torch.dropout(packed.data, p, True), packed.batch_sizes)
+        return pad_packed_sequence(dropped, total_length=out.shape[0])[0]
+
+
+def _rnn_kwargs(m):
+    return dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                nonlinearity=m.nonlinearity, bias=m.bias, batch_first=m.batch_first,
+                dropout=m.dropout, bidirectional=m.bidirectional)
+
+
+# ----------------------------------------------------------------------------- RNNCell
+class RNNCell(torch.nn.RNNCell):
+    r"""``torch.nn.RNNCell`` running on elman's fused CPU kernels; a drop-in replacement.
+
+    Same constructor (``input_size, hidden_size, bias=True, nonlinearity='tanh', device=None,
+    dtype=None``), parameters and init; ``h1 = cell(input, hx=None)`` with input (B, I) or (I,).
+    CPU float32 / float64 runs one kernel step (one autograd node); anything else, invalid
+    input included, runs ``torch.nn.RNNCell.forward`` with the same parameters.
+    """
+
+    @classmethod
+    def from_torch(cls, module, copy=False):
+        """An ``elman.torch.RNNCell`` configured like ``module`` (a ``torch.nn.RNNCell``);
+        parameters shared (``copy=False``: the same Parameter objects) or copied."""
+        if not isinstance(module, torch.nn.RNNCell):
+            raise TypeError(f"from_torch expects a torch.nn.RNNCell, got {type(module).__name__}")
+        return _convert(module, cls, _cell_names(module), _cell_kwargs(module), copy)
+
+    def to_torch(self, copy=False):
+        """A plain ``torch.nn.RNNCell`` with this cell's configuration; parameters shared
+        (``copy=False``) or copied (``copy=True``)."""
+        return _convert(self, torch.nn.RNNCell, _cell_names(self), _cell_kwargs(self), copy)
+
+    def forward(self, input, hx=None):
+        weights = [self.weight_ih, self.weight_hh]
+        if self.bias:
+            weights += [self.bias_ih, self.bias_hh]
+        if not (isinstance(input, torch.Tensor) and (hx is None or isinstance(hx, torch.Tensor))
+                and self.nonlinearity in F.NONLINEARITIES and input.dim() in (1, 2)
+                and input.size(-1) == self.input_size and (input.dim() == 1 or input.size(0) > 0)
+                and (hx is None or tuple(hx.shape) == tuple(input.shape[:-1]) + (self.hidden_size,))
+                and _kernels_take([input, hx, *weights])):
+            return super().forward(input, hx)
+        batched = input.dim() == 2
+        x = (input if batched else input.unsqueeze(0)).unsqueeze(0)            # (1, B, I)
+        h0 = None if hx is None else (hx if batched else hx.unsqueeze(0)).unsqueeze(0)  # (1, B, H)
+        cfg = (self.nonlinearity, 1, len(weights), None)
+        out, _ = _run_layer(cfg, x.contiguous(), h0, weights)
+        return out[0] if batched else out[0, 0]
+
+
+def _cell_names(m):
+    return ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if m.bias else [])
+
+
+def _cell_kwargs(m):
+    return dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias,
+                nonlinearity=m.nonlinearity)
