@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.overrides import has_torch_function
 
@@ -84,12 +83,13 @@ class _Layer(torch.autograd.Function):
         return out, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_out, g_hn):
-        nonlinearity, D, nw, lengths = ctx.cfg
         x, h0, out, *weights = ctx.saved_tensors
         if g_out is None and g_hn is None:
             return (None,) * (3 + len(weights))
+        if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
+            return _differentiable_backward(ctx, x, h0, weights, g_out, g_hn)
+        nonlinearity, D, nw, lengths = ctx.cfg
         T, B, I = x.shape
         H = weights[1].shape[0]
         need = ctx.needs_input_grad
@@ -113,6 +113,34 @@ class _Layer(torch.autograd.Function):
                 grad_h0[d] = torch.from_numpy(r.grad_h0)
             grad_w += [g if need[3 + d * nw + i] else None for i, g in enumerate(gw)]
         return (None, grad_x if need[1] else None, grad_h0, *grad_w)
+
+
+def _torch_layer(cfg, x, h0, weights):
+    """The same layer through torch's own differentiable ops (for double backward)."""
+    nonlinearity, D, nw, lengths = cfg
+    rnn = torch._VF.rnn_tanh if nonlinearity == "tanh" else torch._VF.rnn_relu
+    if h0 is None:
+        h0 = x.new_zeros((D, x.shape[1], weights[1].shape[0]))
+    if lengths is None:
+        return rnn(x, h0, weights, nw == 4, 1, 0.0, False, D == 2, False)
+    p = pack_padded_sequence(x, torch.from_numpy(lengths))
+    out, h_n = rnn(p.data, p.batch_sizes, h0, weights, nw == 4, 1, 0.0, False, D == 2)
+    return pad_packed_sequence(PackedSequence(out, p.batch_sizes), total_length=x.shape[0])[0], h_n
+
+
+def _differentiable_backward(ctx, x, h0, weights, g_out, g_hn):
+    """Backward with create_graph=True: the layer is recomputed with torch's ops and
+    differentiated by autograd, so gradients of gradients (e.g. penalties) are exact."""
+    inputs = [x, h0, *weights]
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[1 + i]]
+    out, h_n = _torch_layer(ctx.cfg, x, h0, weights)
+    pairs = [(o, g) for o, g in ((out, g_out), (h_n, g_hn)) if g is not None]
+    grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                [g for _, g in pairs], create_graph=True, allow_unused=True)
+    result = [None] * (1 + len(inputs))
+    for i, g in zip(wanted, grads):
+        result[1 + i] = g
+    return tuple(result)
 
 
 def _run_layer(cfg, x, h0, weights):
@@ -155,7 +183,8 @@ class RNN(torch.nn.RNN):
     CPU float32 / float64 runs elman's kernels: one autograd node per layer for the whole
     sequence. Anything else falls back to ``torch.nn.RNN.forward`` with the same parameters
     (so other devices and dtypes work, and invalid input raises torch's own exceptions).
-    The backward pass is not itself differentiable (no double backward on the kernel path).
+    Double backward (``create_graph=True``) recomputes the layer with torch's ops in the
+    backward pass, so gradients of gradients are exact (and as slow as torch's).
     """
 
     @classmethod
