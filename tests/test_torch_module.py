@@ -481,6 +481,26 @@ def test_non_contiguous_input_and_hidden():
         assert_close(b.detach().numpy(), a.detach().numpy(), np.float64)
 
 
+@pytest.mark.parametrize("cell", [False, True])
+def test_parametrized_weights_are_used(cell):
+    """A parametrization (weight_norm here) replaces a parameter by a computed tensor."""
+    name = "weight_hh" if cell else "weight_hh_l0"
+    tm, em = pair(dict(input_size=3, hidden_size=4), torch.float64, cell=cell)
+    for m in (tm, em):
+        torch.nn.utils.parametrizations.weight_norm(m, name)
+    x = torch.randn(2, 3, dtype=torch.float64) if cell else torch.randn(5, 2, 3, dtype=torch.float64)
+    outs = []
+    for m in (tm, em):
+        out = m(x)
+        out = out if cell else out[0]
+        outs.append(out)
+        out.square().sum().backward()
+    assert kernel_nodes(outs[1]) == 1
+    assert_close(outs[1].detach().numpy(), outs[0].detach().numpy(), np.float64)
+    for (n, tp), (_, ep) in zip(tm.named_parameters(), em.named_parameters()):
+        assert_close(ep.grad.numpy(), tp.grad.numpy(), np.float64, "weight", n)
+
+
 def test_module_dtype_conversion_uses_the_kernels():
     torch.manual_seed(0)
     em = et.RNN(3, 4).double()

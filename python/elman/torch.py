@@ -23,6 +23,7 @@ from . import functional as F
 __all__ = ["RNN", "RNNCell"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_STRIDED = torch.strided
 
 
 def _kernels_take(tensors):
@@ -32,13 +33,11 @@ def _kernels_take(tensors):
     if dtype not in _KERNEL_DTYPES:
         return False
     for t in tensors:
-        if t is not None and (t.dtype != dtype or t.device.type != "cpu"
-                              or t.layout != torch.strided):
+        if t is not None and not (t.dtype is dtype and t.is_cpu and t.layout is _STRIDED):
             return False
-    present = tuple(t for t in tensors if t is not None)
     # Tensor subclasses with __torch_function__, tracing, scripting, compiling, functorch
     # transforms, forward-mode AD and autocast all need to see torch ops, not a NumPy call.
-    return not (has_torch_function(present)
+    return not (has_torch_function([t for t in tensors if t is not None])
                 or torch.jit.is_scripting() or torch.jit.is_tracing()
                 or torch.compiler.is_compiling()
                 or torch._C._are_functorch_transforms_active()
@@ -52,23 +51,32 @@ def _np(t):
 
 
 # ----------------------------------------------------------------------------- one layer
+# cfg = (nonlinearity, D directions, nw tensors per direction (4 with biases, else 2),
+#        lengths (B,) int64 ndarray or None, cell). The arrays are NumPy views of the tensors;
+# a cell (cell=True) takes x (B, I) or (I,) and h0 (B, H) or (H,) as one time step.
 def _layer_forward(cfg, x, h0, weights):
     """Runs every direction of one layer: x (T, B, I), h0 (D, B, H) or None, weights in torch's
     flat order per direction. Returns out (T, B, D*H) (each direction writes its column half
-    in place) and h_n (D, B, H)."""
-    nonlinearity, D, nw, lengths = cfg
-    T, B, _ = x.shape
-    H = weights[1].shape[0]
-    out = torch.empty((T, B, D * H), dtype=x.dtype)
-    h_n = torch.empty((D, B, H), dtype=x.dtype)
-    xn, on, hn = _np(x), out.numpy(), h_n.numpy()
+    in place) and h_n (D, B, H); a cell returns its new state only."""
+    nonlinearity, D, nw, lengths, cell = cfg
+    xn, h0n = _np(x), _np(h0)
+    wn = [_np(w) for w in weights]
+    H = wn[1].shape[0]
+    if cell:
+        xn = xn.reshape(1, -1, xn.shape[-1])
+        h0n = None if h0n is None else h0n.reshape(1, -1, H)
+    T, B, _ = xn.shape
+    out = np.empty((T, B, D * H), xn.dtype)
+    h_n = []
     for d in range(D):
-        w = weights[d * nw:(d + 1) * nw]
-        b_ih, b_hh = (_np(w[2]), _np(w[3])) if nw == 4 else (None, None)
-        _, hn[d] = F.rnn_forward(xn, _np(w[0]), _np(w[1]), b_ih, b_hh,
-                                 None if h0 is None else _np(h0[d]), lengths, nonlinearity,
-                                 reverse=d == 1, out=on[:, :, d * H:(d + 1) * H])
-    return out, h_n
+        w = wn[d * nw:(d + 1) * nw]
+        b_ih, b_hh = (w[2], w[3]) if nw == 4 else (None, None)
+        h_n.append(F.rnn_forward(xn, w[0], w[1], b_ih, b_hh, None if h0n is None else h0n[d],
+                                 lengths, nonlinearity, reverse=d == 1,
+                                 out=out if D == 1 else out[:, :, d * H:(d + 1) * H])[1])
+    if cell:
+        return torch.from_numpy(out.reshape(x.shape[:-1] + (H,)))
+    return torch.from_numpy(out), torch.from_numpy(h_n[0][None] if D == 1 else np.stack(h_n))
 
 
 class _Layer(torch.autograd.Function):
@@ -76,51 +84,64 @@ class _Layer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cfg, x, h0, *weights):
-        out, h_n = _layer_forward(cfg, x, h0, weights)
+        result = _layer_forward(cfg, x, h0, weights)
         ctx.cfg = cfg
-        ctx.save_for_backward(x, h0, out, *weights)
+        ctx.save_for_backward(x, h0, result if cfg[4] else result[0], *weights)
         ctx.set_materialize_grads(False)  # a None gradient goes to the kernel as "zeros"
-        return out, h_n
+        return result
 
     @staticmethod
-    def backward(ctx, g_out, g_hn):
+    def backward(ctx, g_out, g_hn=None):
         x, h0, out, *weights = ctx.saved_tensors
         if g_out is None and g_hn is None:
             return (None,) * (3 + len(weights))
         if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
             return _differentiable_backward(ctx, x, h0, weights, g_out, g_hn)
-        nonlinearity, D, nw, lengths = ctx.cfg
-        T, B, I = x.shape
-        H = weights[1].shape[0]
+        nonlinearity, D, nw, lengths, cell = ctx.cfg
         need = ctx.needs_input_grad
-        grad_x = torch.empty((T, B, I), dtype=x.dtype)
-        grad_h0 = torch.empty((D, B, H), dtype=x.dtype) if h0 is not None and need[2] else None
-        xn, on, gxn = _np(x), _np(out), grad_x.numpy()
-        gon = _np(g_out)
+        xn, h0n, on, gon, ghn = _np(x), _np(h0), _np(out), _np(g_out), _np(g_hn)
+        wn = [_np(w) for w in weights]
+        H = wn[1].shape[0]
+        if cell:
+            xn = xn.reshape(1, -1, xn.shape[-1])
+            h0n = None if h0n is None else h0n.reshape(1, -1, H)
+            on = on.reshape(1, -1, H)
+            gon = gon.reshape(1, -1, H)
+        grad_x = np.empty(xn.shape, xn.dtype)
+        grad_h0 = np.empty(h0n.shape, xn.dtype) if h0n is not None and need[2] else None
         grad_w = []
         for d in range(D):
-            w = weights[d * nw:(d + 1) * nw]
-            gw = [torch.zeros(t.shape, dtype=t.dtype) for t in w]
+            w = wn[d * nw:(d + 1) * nw]
+            gw = [np.zeros(a.shape, a.dtype) for a in w]
             cols = slice(d * H, (d + 1) * H)
-            r = F.rnn_backward(xn, _np(w[0]), _np(w[1]), on[:, :, cols],
-                               h0=None if h0 is None else _np(h0[d]),
+            r = F.rnn_backward(xn, w[0], w[1], on[:, :, cols],
+                               h0=None if h0n is None else h0n[d],
                                grad_out=None if gon is None else gon[:, :, cols],
-                               grad_h_n=None if g_hn is None else _np(g_hn[d]),
+                               grad_h_n=None if ghn is None else ghn[d],
                                lengths=lengths, nonlinearity=nonlinearity, reverse=d == 1,
-                               bias=nw == 4, grads=tuple(g.numpy() for g in gw) + (None,) * (4 - nw),
-                               grad_x=gxn, accumulate_grad_x=d > 0)
+                               bias=nw == 4, grads=tuple(gw) + (None,) * (4 - nw),
+                               grad_x=grad_x, accumulate_grad_x=d > 0)
             if grad_h0 is not None:
-                grad_h0[d] = torch.from_numpy(r.grad_h0)
-            grad_w += [g if need[3 + d * nw + i] else None for i, g in enumerate(gw)]
-        return (None, grad_x if need[1] else None, grad_h0, *grad_w)
+                grad_h0[d] = r.grad_h0
+            grad_w += [torch.from_numpy(g) if need[3 + d * nw + i] else None
+                       for i, g in enumerate(gw)]
+        return (None,
+                torch.from_numpy(grad_x.reshape(x.shape)) if need[1] else None,
+                None if grad_h0 is None else torch.from_numpy(grad_h0.reshape(h0.shape)),
+                *grad_w)
 
 
 def _torch_layer(cfg, x, h0, weights):
     """The same layer through torch's own differentiable ops (for double backward)."""
-    nonlinearity, D, nw, lengths = cfg
+    nonlinearity, D, nw, lengths, cell = cfg
+    H = weights[1].shape[0]
+    if cell:
+        out = _torch_layer(cfg[:4] + (False,), x.reshape(1, -1, x.shape[-1]),
+                           None if h0 is None else h0.reshape(1, -1, H), weights)[0]
+        return out.reshape(x.shape[:-1] + (H,))
     rnn = torch._VF.rnn_tanh if nonlinearity == "tanh" else torch._VF.rnn_relu
     if h0 is None:
-        h0 = x.new_zeros((D, x.shape[1], weights[1].shape[0]))
+        h0 = x.new_zeros((D, x.shape[1], H))
     if lengths is None:
         return rnn(x, h0, weights, nw == 4, 1, 0.0, False, D == 2, False)
     p = pack_padded_sequence(x, torch.from_numpy(lengths))
@@ -133,8 +154,9 @@ def _differentiable_backward(ctx, x, h0, weights, g_out, g_hn):
     differentiated by autograd, so gradients of gradients (e.g. penalties) are exact."""
     inputs = [x, h0, *weights]
     wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[1 + i]]
-    out, h_n = _torch_layer(ctx.cfg, x, h0, weights)
-    pairs = [(o, g) for o, g in ((out, g_out), (h_n, g_hn)) if g is not None]
+    result = _torch_layer(ctx.cfg, x, h0, weights)
+    outs = (result,) if ctx.cfg[4] else result
+    pairs = [(o, g) for o, g in zip(outs, (g_out, g_hn)) if g is not None]
     grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
                                 [g for _, g in pairs], create_graph=True, allow_unused=True)
     result = [None] * (1 + len(inputs))
@@ -149,6 +171,17 @@ def _run_layer(cfg, x, h0, weights):
                                     or any(w.requires_grad for w in weights)):
         return _Layer.apply(cfg, x, h0, *weights)
     return _layer_forward(cfg, x, h0, weights)
+
+
+def _current(module, names):
+    """The module's weights as they are now: registered parameters, or whatever
+    ``functional_call`` or a parametrization puts in their place (what torch's
+    ``_update_flat_weights`` keeps ``_flat_weights`` in sync with, read directly)."""
+    params = module._parameters
+    return [params[n] if n in params else getattr(module, n) for n in names]
+
+
+_CELL_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -206,10 +239,9 @@ class RNN(torch.nn.RNN):
         return _convert(self, torch.nn.RNN, self._flat_weights_names, _rnn_kwargs(self), copy)
 
     def forward(self, input, hx=None):
-        self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        weights = self._flat_weights
+        weights = _current(self, self._flat_weights_names)
         if not (isinstance(data, torch.Tensor) and (hx is None or isinstance(hx, torch.Tensor))
                 and _kernels_take([data, hx, *weights]) and self._shapes_fit(input, data, hx)):
             return super().forward(input, hx)
@@ -226,7 +258,7 @@ class RNN(torch.nn.RNN):
                 hx = None if hx is None else hx.unsqueeze(1)
             else:
                 x = data.transpose(0, 1) if self.batch_first else data
-        out, h_n = self._layers(x.contiguous(), hx, lengths)
+        out, h_n = self._layers(x.contiguous(), hx, lengths, weights)
         if packed:
             out = pack_padded_sequence(out, lengths).data
             return (PackedSequence(out, input.batch_sizes, input.sorted_indices,
@@ -259,18 +291,17 @@ class RNN(torch.nn.RNN):
             return False
         return hx is None or tuple(hx.shape) == expected
 
-    def _layers(self, x, hx, lengths):
+    def _layers(self, x, hx, lengths, weights):
         """x (T, B, I) contiguous, hx (L*D, B, H) or None, lengths (B,) or None (padded
         input in PackedSequence order). Returns out (T, B, D*H) and h_n (L*D, B, H)."""
         D = 2 if self.bidirectional else 1
         nw = 4 if self.bias else 2
         per_layer = D * nw
-        weights = self._flat_weights
-        cfg = (self.nonlinearity, D, nw, None if lengths is None else lengths.numpy())
+        cfg = (self.nonlinearity, D, nw, None if lengths is None else lengths.numpy(), False)
         dropout = self.dropout if self.training else 0.0
         inp, h_n = x, []
         for k in range(self.num_layers):
-            h0 = None if hx is None else hx[k * D:(k + 1) * D]
+            h0 = hx if hx is None or self.num_layers == 1 else hx[k * D:(k + 1) * D]
             out, hn = _run_layer(cfg, inp, h0, weights[k * per_layer:(k + 1) * per_layer])
             h_n.append(hn)
             if dropout > 0 and k < self.num_layers - 1:
@@ -320,25 +351,21 @@ class RNNCell(torch.nn.RNNCell):
         return _convert(self, torch.nn.RNNCell, _cell_names(self), _cell_kwargs(self), copy)
 
     def forward(self, input, hx=None):
-        weights = [self.weight_ih, self.weight_hh]
-        if self.bias:
-            weights += [self.bias_ih, self.bias_hh]
-        if not (isinstance(input, torch.Tensor) and (hx is None or isinstance(hx, torch.Tensor))
-                and self.nonlinearity in F.NONLINEARITIES and input.dim() in (1, 2)
-                and input.size(-1) == self.input_size and (input.dim() == 1 or input.size(0) > 0)
-                and (hx is None or tuple(hx.shape) == tuple(input.shape[:-1]) + (self.hidden_size,))
+        weights = _current(self, _CELL_NAMES if self.bias else _CELL_NAMES[:2])
+        shape = input.shape if isinstance(input, torch.Tensor) else None
+        # The kernel path takes valid input only: (B, I) with B > 0 or (I,), hx of the
+        # matching (B, H) / (H,) shape or None; torch's forward handles (or rejects) the rest.
+        if not (shape is not None and 1 <= len(shape) <= 2 and shape[-1] == self.input_size
+                and shape[0] > 0 and self.nonlinearity in F.NONLINEARITIES
+                and (hx is None or (isinstance(hx, torch.Tensor)
+                                    and hx.shape == shape[:-1] + (self.hidden_size,)))
                 and _kernels_take([input, hx, *weights])):
             return super().forward(input, hx)
-        batched = input.dim() == 2
-        x = (input if batched else input.unsqueeze(0)).unsqueeze(0)            # (1, B, I)
-        h0 = None if hx is None else (hx if batched else hx.unsqueeze(0)).unsqueeze(0)  # (1, B, H)
-        cfg = (self.nonlinearity, 1, len(weights), None)
-        out, _ = _run_layer(cfg, x.contiguous(), h0, weights)
-        return out[0] if batched else out[0, 0]
+        return _run_layer((self.nonlinearity, 1, len(weights), None, True), input, hx, weights)
 
 
 def _cell_names(m):
-    return ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if m.bias else [])
+    return list(_CELL_NAMES if m.bias else _CELL_NAMES[:2])
 
 
 def _cell_kwargs(m):
