@@ -580,6 +580,17 @@ def test_torch_transforms_and_tracing_fall_back_to_torch():
         assert torch.equal(em(x)[0], tm(x)[0])
 
 
+def test_torch_compile_runs_torchs_implementation():
+    tm, em = pair(dict(input_size=3, hidden_size=4, num_layers=2, batch_first=True), torch.float64)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    compiled = torch.compile(em, backend="aot_eager")
+    out, h_n = compiled(x)
+    assert torch.equal(out, tm(x)[0]) and torch.equal(h_n, tm(x)[1])
+    h_n.sum().backward()
+    tc, ec = pair(dict(input_size=3, hidden_size=4), torch.float64, cell=True)
+    assert torch.equal(torch.compile(ec, backend="aot_eager", fullgraph=True)(x[0]), tc(x[0]))
+
+
 def test_empty_batch_behaves_as_torch():
     tm, em = pair(dict(input_size=3, hidden_size=4), torch.float32)
     x = torch.randn(5, 0, 3)

@@ -29,20 +29,22 @@ _STRIDED = torch.strided
 def _kernels_take(tensors):
     """True when elman's kernels can run on ``tensors`` (None entries allowed): plain strided CPU
     tensors of one float32 / float64 dtype, in a context that does not need torch's own ops."""
+    # torch.compile, tracing, scripting, functorch transforms, forward-mode AD, autocast and
+    # tensor subclasses with __torch_function__ all need to see torch ops, not a NumPy call.
+    # (is_compiling first: under torch.compile the rest is never traced.)
+    if (torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()
+            or torch.autograd.forward_ad._current_level >= 0
+            or torch.is_autocast_enabled("cpu")):
+        return False
     dtype = tensors[0].dtype
     if dtype not in _KERNEL_DTYPES:
         return False
     for t in tensors:
-        if t is not None and not (t.dtype is dtype and t.is_cpu and t.layout is _STRIDED):
+        if t is not None and not (t.dtype is dtype and t.is_cpu and t.layout is _STRIDED
+                                  and not t.is_neg()):  # a lazily negated view has no NumPy form
             return False
-    # Tensor subclasses with __torch_function__, tracing, scripting, compiling, functorch
-    # transforms, forward-mode AD and autocast all need to see torch ops, not a NumPy call.
-    return not (has_torch_function([t for t in tensors if t is not None])
-                or torch.jit.is_scripting() or torch.jit.is_tracing()
-                or torch.compiler.is_compiling()
-                or torch._C._are_functorch_transforms_active()
-                or torch.autograd.forward_ad._current_level >= 0
-                or torch.is_autocast_enabled("cpu"))
+    return not has_torch_function([t for t in tensors if t is not None])
 
 
 def _np(t):
