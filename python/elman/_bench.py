@@ -9,6 +9,7 @@ Backends timed:
          reference itself is float64 and written for reading, so it is not what is timed)
   torch  torch.nn.RNN with the same weights (when torch is importable; forward timed under
          torch.no_grad(), forward + backward with autograd)
+  elman.torch  the drop-in elman.torch.RNN, timed exactly as torch.nn.RNN
 """
 
 import json
@@ -115,11 +116,11 @@ class Case:
             return out, numpy_backward(self.x, self.W_ih, self.W_hh, self.h0, out, self.g_out)[3]
         return fwd, fwdbwd
 
-    def torch(self):
+    def torch(self, module=None):
         import torch
         T, B, I, H = self.shape
         tdtype = torch.float32 if self.dtype == np.float32 else torch.float64
-        m = torch.nn.RNN(I, H, dtype=tdtype)
+        m = (module or torch.nn.RNN)(I, H, dtype=tdtype)
         with torch.no_grad():
             for name, v in (("weight_ih_l0", self.W_ih), ("weight_hh_l0", self.W_hh),
                             ("bias_ih_l0", self.b_ih), ("bias_hh_l0", self.b_hh)):
@@ -139,12 +140,21 @@ class Case:
             return out.detach().numpy(), m.weight_hh_l0.grad.numpy()
         return fwd, fwdbwd
 
+    def elman_torch(self):
+        from . import torch as elman_torch
+        return self.torch(elman_torch.RNN)
+
+
+setattr(Case, "elman.torch", Case.elman_torch)  # the backend's name as `elman bench` shows it
+
 
 def available_backends():
     names = [b for b in ("cpu",) if b in _backend.available()] + ["numpy"]
     try:
         import torch  # noqa: F401  (optional: only to time it)
         names.append("torch")
+        if "cpu" in names:
+            names.append("elman.torch")
     except ImportError:
         pass
     return names
@@ -322,6 +332,16 @@ def run_cell(shapes, backends, rounds=5, target_s=0.05):
                 with torch.no_grad():
                     return tc(tx, th)
             fns["torch"] = torch_step
+        if "elman.torch" in backends:
+            import torch
+            from . import torch as elman_torch
+            ec = elman_torch.RNNCell(I, H)
+            ex, eh = torch.from_numpy(x), torch.from_numpy(h)
+
+            def elman_torch_step():
+                with torch.no_grad():
+                    return ec(ex, eh)
+            fns["elman.torch"] = elman_torch_step
         times = time_alternating(fns, rounds, target_s)
         rows.append({"shape": [B, I, H], "times": {k: statistics.median(v) for k, v in times.items()}})
     return rows

@@ -39,14 +39,17 @@ def _fmt_ms(s):
 
 
 def _table(rows, mode, backends, peak):
-    head = f"{'T':>5} {'B':>4} {'I':>5} {'H':>5} |" + "".join(f"{b + ' ms':>10}" for b in backends)
+    w = {b: max(10, len(b) + 4) for b in backends}  # each column fits "<name> ms" and "vs <name>"
+    head = f"{'T':>5} {'B':>4} {'I':>5} {'H':>5} |" + "".join(f"{b + ' ms':>{w[b]}}" for b in backends)
     others = [b for b in backends if b != "cpu"]
-    head += " |" + "".join(f"{'vs ' + b:>10}" for b in others) + f" |{'GFLOP/s':>9}{'% peak':>8}"
+    head += " |" + "".join(f"{'vs ' + b:>{w[b]}}" for b in others) + f" |{'GFLOP/s':>9}{'% peak':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         t = {b: r[mode][b]["median_s"] for b in backends if b in r[mode]}
-        line = "{:>5} {:>4} {:>5} {:>5} |".format(*r["shape"]) + "".join(_fmt_ms(t.get(b)) + " " for b in backends)
-        line += " |" + "".join(f"{t[b] / t['cpu']:9.2f}x" if "cpu" in t and b in t else f"{'-':>10}" for b in others)
+        line = "{:>5} {:>4} {:>5} {:>5} |".format(*r["shape"]) + "".join(
+            f"{_fmt_ms(t.get(b)) + ' ':>{w[b]}}" for b in backends)
+        line += " |" + "".join(f"{t[b] / t['cpu']:{w[b] - 1}.2f}x" if "cpu" in t and b in t
+                               else f"{'-':>{w[b]}}" for b in others)
         if "cpu" in t:
             gf = r[mode + "_gflops"] / t["cpu"]
             line += f" |{gf:9.1f}" + (f"{100 * gf / peak:7.1f}%" if peak else f"{'-':>8}")

@@ -394,6 +394,92 @@ class RNN(Module):
             grad_x = grad_x.transpose(1, 0, 2)
         return grad_x, grad_h0
 
+    # -- Keras weight interchange
+    @classmethod
+    def from_keras(cls, layer_or_weights, nonlinearity=None, batch_first=True, **kwargs):
+        """A one-layer RNN with the weights of a Keras ``SimpleRNN``.
+
+        ``layer_or_weights``: a built ``keras.layers.SimpleRNN`` (its ``get_weights()`` and its
+        activation / ``use_bias`` are read) or its weight list ``[kernel (I, H),
+        recurrent_kernel (H, H), bias (H,)]`` (bias left out for ``use_bias=False``).
+        Keras computes h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias) with
+        activation "tanh" by default, so weight_ih = kernel.T, weight_hh = recurrent_kernel.T,
+        bias_ih = bias, bias_hh = 0. ``nonlinearity`` defaults to the layer's activation ("tanh"
+        for a weight list); only "tanh" and "relu" exist here. ``batch_first`` defaults to True
+        because Keras inputs are (B, T, I); other keyword arguments go to the constructor
+        (``dtype`` defaults to the kernel's float type). Keras's ``dropout`` and
+        ``recurrent_dropout`` act only in Keras training and are not carried over.
+        A layer with ``go_backwards=True`` is refused, because this module would not reverse
+        time: pass its ``get_weights()`` and feed the input reversed in time (``x[:, ::-1]``),
+        which gives Keras's outputs in Keras's (reversed) order and its final state.
+        """
+        weights, activation = layer_or_weights, "tanh"
+        if hasattr(layer_or_weights, "get_weights"):
+            if not any(c.__name__ == "SimpleRNN" for c in type(layer_or_weights).__mro__):
+                raise TypeError(f"from_keras expects a keras.layers.SimpleRNN or its weight list, "
+                                f"got {type(layer_or_weights).__name__}")
+            config = layer_or_weights.get_config()
+            if config.get("go_backwards"):
+                raise ValueError("from_keras: the layer has go_backwards=True, which RNN does not "
+                                 "model; pass layer.get_weights() and reverse the input in time")
+            activation = config.get("activation")
+            weights = layer_or_weights.get_weights()
+            if not weights:
+                raise ValueError("from_keras: the layer has no weights yet; build it first (call "
+                                 "it on an input)")
+            expected = 3 if config.get("use_bias", True) else 2
+            if len(weights) != expected:
+                raise ValueError(f"from_keras: expected {expected} weights from the layer, got "
+                                 f"{len(weights)}")
+        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__") \
+                or len(weights) not in (2, 3):
+            raise TypeError("from_keras expects a keras.layers.SimpleRNN or a list [kernel, "
+                            "recurrent_kernel] / [kernel, recurrent_kernel, bias]")
+        arrays = [np.asarray(w) for w in weights]
+        for name, a, ndim in zip(("kernel", "recurrent_kernel", "bias"), arrays, (2, 2, 1)):
+            if a.dtype.kind not in "fiu":
+                raise TypeError(f"from_keras: {name} must hold real numbers, got dtype {a.dtype}")
+            if a.ndim != ndim:
+                raise ValueError(f"from_keras: {name} must be {ndim}-D, got shape {a.shape}")
+        kernel, recurrent = arrays[:2]
+        I, H = kernel.shape
+        if recurrent.shape != (H, H):
+            raise ValueError(f"from_keras: recurrent_kernel must have shape ({H}, {H}) for a "
+                             f"kernel of shape {kernel.shape}, got {recurrent.shape}")
+        if len(arrays) == 3 and arrays[2].shape != (H,):
+            raise ValueError(f"from_keras: bias must have shape ({H},), got {arrays[2].shape}")
+        if nonlinearity is None:
+            if activation not in F.NONLINEARITIES:
+                raise ValueError(f"from_keras: Keras activation {activation!r} has no equivalent "
+                                 "here; RNN supports 'tanh' and 'relu'")
+            nonlinearity = activation
+        if "dtype" not in kwargs:
+            kwargs["dtype"] = kernel.dtype if kernel.dtype in F.FLOAT_DTYPES else np.float32
+        rnn = cls(I, H, nonlinearity=nonlinearity, bias=len(arrays) == 3,
+                  batch_first=batch_first, **kwargs)
+        state = {"weight_ih_l0": kernel.T, "weight_hh_l0": recurrent.T}
+        if rnn.bias:
+            state.update(bias_ih_l0=arrays[2], bias_hh_l0=np.zeros(H))
+        rnn.load_state_dict(state)
+        return rnn
+
+    def to_keras_weights(self):
+        """``[kernel (I, H), recurrent_kernel (H, H), bias (H,)]`` for a Keras ``SimpleRNN(H,
+        activation=self.nonlinearity, use_bias=self.bias)`` (``layer.set_weights(...)``):
+        the transposed weights and bias = bias_ih + bias_hh (Keras has one bias); no bias
+        when ``bias`` is False. Copies, in the module's dtype. One layer, one direction only.
+        """
+        if self.num_layers != 1 or self.bidirectional:
+            raise ValueError(f"to_keras_weights maps one SimpleRNN: needs num_layers=1 and "
+                             f"bidirectional=False, got num_layers={self.num_layers}, "
+                             f"bidirectional={self.bidirectional}")
+        p = self._params
+        out = [np.ascontiguousarray(p["weight_ih_l0"].data.T),
+               np.ascontiguousarray(p["weight_hh_l0"].data.T)]
+        if self.bias:
+            out.append(p["bias_ih_l0"].data + p["bias_hh_l0"].data)
+        return out
+
 
 # ----------------------------------------------------------------------------- RNNCell
 class RNNCell(Module):
