@@ -96,6 +96,11 @@ struct Kernels {
   void (*fwd_step)(const FwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
   void (*bwd_step)(const BwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
   void (*tanh)(const T* x, T* y, int64_t n);
+  // One step of an RNNCell for a few rows (streaming inference): for each of B rows,
+  //   h1[b] = f(b_ih + b_hh + W_ih x[b] + W_hh h[b])   (h may be nullptr: zero state)
+  // with W_ih [H, I], W_hh [H, H] read row by row (dot products), no packing.
+  void (*cell_step)(int64_t B, int64_t I, int64_t H, Activation act, const T* x, const T* h,
+                    const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, T* h1);
   // Rows [m0, m1) of every target's C (see TnTarget), A [K, M] with row stride lda.
   void (*tn_product)(const T* A, int64_t lda, int64_t m0, int64_t m1, const TnTarget<T>* targets,
                      int32_t ntargets);

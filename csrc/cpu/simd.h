@@ -54,6 +54,7 @@ ELMAN_VINLINE Vec<float> select(Vec<float>::Mask m, Vec<float> a, Vec<float> b) 
 ELMAN_VINLINE Vec<float> signbit(Vec<float> a) { return {_mm512_and_ps(a.v, _mm512_set1_ps(-0.0f))}; }
 ELMAN_VINLINE Vec<float> vabs(Vec<float> a) { return {_mm512_andnot_ps(_mm512_set1_ps(-0.0f), a.v)}; }
 ELMAN_VINLINE Vec<float> vor(Vec<float> a, Vec<float> b) { return {_mm512_or_ps(a.v, b.v)}; }
+ELMAN_VINLINE float hsum(Vec<float> a) { return _mm512_reduce_add_ps(a.v); }
 // 2^n for the integer n held in the low mantissa bits of t = n + 1.5 * 2^23
 ELMAN_VINLINE Vec<float> pow2_from_magic(Vec<float> t) {
   __m512i i = _mm512_slli_epi32(_mm512_castps_si512(t.v), 23);
@@ -104,6 +105,7 @@ ELMAN_VINLINE Vec<double> select(Vec<double>::Mask m, Vec<double> a, Vec<double>
 ELMAN_VINLINE Vec<double> signbit(Vec<double> a) { return {_mm512_and_pd(a.v, _mm512_set1_pd(-0.0))}; }
 ELMAN_VINLINE Vec<double> vabs(Vec<double> a) { return {_mm512_andnot_pd(_mm512_set1_pd(-0.0), a.v)}; }
 ELMAN_VINLINE Vec<double> vor(Vec<double> a, Vec<double> b) { return {_mm512_or_pd(a.v, b.v)}; }
+ELMAN_VINLINE double hsum(Vec<double> a) { return _mm512_reduce_add_pd(a.v); }
 ELMAN_VINLINE Vec<double> pow2_from_magic(Vec<double> t) {
   __m512i i = _mm512_slli_epi64(_mm512_castpd_si512(t.v), 52);
   return {_mm512_castsi512_pd(_mm512_add_epi64(i, _mm512_set1_epi64(int64_t(1023) << 52)))};
@@ -150,6 +152,11 @@ ELMAN_VINLINE Vec<float> select(Vec<float>::Mask m, Vec<float> a, Vec<float> b) 
 ELMAN_VINLINE Vec<float> signbit(Vec<float> a) { return {_mm256_and_ps(a.v, _mm256_set1_ps(-0.0f))}; }
 ELMAN_VINLINE Vec<float> vabs(Vec<float> a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
 ELMAN_VINLINE Vec<float> vor(Vec<float> a, Vec<float> b) { return {_mm256_or_ps(a.v, b.v)}; }
+ELMAN_VINLINE float hsum(Vec<float> a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
 ELMAN_VINLINE Vec<float> pow2_from_magic(Vec<float> t) {
   __m256i i = _mm256_slli_epi32(_mm256_castps_si256(t.v), 23);
   return {_mm256_castsi256_ps(_mm256_add_epi32(i, _mm256_set1_epi32(127 << 23)))};
@@ -201,6 +208,10 @@ ELMAN_VINLINE Vec<double> select(Vec<double>::Mask m, Vec<double> a, Vec<double>
 ELMAN_VINLINE Vec<double> signbit(Vec<double> a) { return {_mm256_and_pd(a.v, _mm256_set1_pd(-0.0))}; }
 ELMAN_VINLINE Vec<double> vabs(Vec<double> a) { return {_mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v)}; }
 ELMAN_VINLINE Vec<double> vor(Vec<double> a, Vec<double> b) { return {_mm256_or_pd(a.v, b.v)}; }
+ELMAN_VINLINE double hsum(Vec<double> a) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a.v), _mm256_extractf128_pd(a.v, 1));
+  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+}
 ELMAN_VINLINE Vec<double> pow2_from_magic(Vec<double> t) {
   __m256i i = _mm256_slli_epi64(_mm256_castpd_si256(t.v), 52);
   return {_mm256_castsi256_pd(_mm256_add_epi64(i, _mm256_set1_epi64x(int64_t(1023) << 52)))};
@@ -261,6 +272,10 @@ ELMAN_VINLINE Vec<float> select(Vec<float>::Mask m, Vec<float> a, Vec<float> b) 
 ELMAN_VINLINE Vec<float> signbit(Vec<float> a) { return {_mm_and_ps(a.v, _mm_set1_ps(-0.0f))}; }
 ELMAN_VINLINE Vec<float> vabs(Vec<float> a) { return {_mm_andnot_ps(_mm_set1_ps(-0.0f), a.v)}; }
 ELMAN_VINLINE Vec<float> vor(Vec<float> a, Vec<float> b) { return {_mm_or_ps(a.v, b.v)}; }
+ELMAN_VINLINE float hsum(Vec<float> a) {
+  __m128 s = _mm_add_ps(a.v, _mm_movehl_ps(a.v, a.v));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+}
 ELMAN_VINLINE Vec<float> pow2_from_magic(Vec<float> t) {
   __m128i i = _mm_slli_epi32(_mm_castps_si128(t.v), 23);
   return {_mm_castsi128_ps(_mm_add_epi32(i, _mm_set1_epi32(127 << 23)))};
@@ -314,6 +329,7 @@ ELMAN_VINLINE Vec<double> select(Vec<double>::Mask m, Vec<double> a, Vec<double>
 ELMAN_VINLINE Vec<double> signbit(Vec<double> a) { return {_mm_and_pd(a.v, _mm_set1_pd(-0.0))}; }
 ELMAN_VINLINE Vec<double> vabs(Vec<double> a) { return {_mm_andnot_pd(_mm_set1_pd(-0.0), a.v)}; }
 ELMAN_VINLINE Vec<double> vor(Vec<double> a, Vec<double> b) { return {_mm_or_pd(a.v, b.v)}; }
+ELMAN_VINLINE double hsum(Vec<double> a) { return _mm_cvtsd_f64(_mm_add_sd(a.v, _mm_unpackhi_pd(a.v, a.v))); }
 ELMAN_VINLINE Vec<double> pow2_from_magic(Vec<double> t) {
   __m128i i = _mm_slli_epi64(_mm_castpd_si128(t.v), 52);
   return {_mm_castsi128_pd(_mm_add_epi64(i, _mm_set1_epi64x(int64_t(1023) << 52)))};

@@ -568,11 +568,73 @@ void tn_product_direct(const T* A, int64_t lda, int64_t m0, int64_t m1, const Tn
   }
 }
 
+// ------------------------------------------------------------------------------------ cell
+// y[j] += dot(W[j, :], v) for j in [0, rows): four rows at a time share the loads of v.
+template <typename T>
+void matvec_add(const T* W, int64_t rows, int64_t cols, const T* v, T* y) {
+  using V = Vec<T>;
+  constexpr int W_ = V::W;
+  int64_t j = 0;
+  for (; j + 4 <= rows; j += 4) {
+    V a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+    const T *w0 = W + j * cols, *w1 = w0 + cols, *w2 = w1 + cols, *w3 = w2 + cols;
+    int64_t k = 0;
+    for (; k + W_ <= cols; k += W_) {
+      const V vk = V::load(v + k);
+      a0 = fmadd(V::load(w0 + k), vk, a0);
+      a1 = fmadd(V::load(w1 + k), vk, a1);
+      a2 = fmadd(V::load(w2 + k), vk, a2);
+      a3 = fmadd(V::load(w3 + k), vk, a3);
+    }
+    if (k < cols) {
+      const int n = int(cols - k);
+      const V vk = V::load_first(v + k, n);
+      a0 = fmadd(V::load_first(w0 + k, n), vk, a0);
+      a1 = fmadd(V::load_first(w1 + k, n), vk, a1);
+      a2 = fmadd(V::load_first(w2 + k, n), vk, a2);
+      a3 = fmadd(V::load_first(w3 + k, n), vk, a3);
+    }
+    y[j] += hsum(a0);
+    y[j + 1] += hsum(a1);
+    y[j + 2] += hsum(a2);
+    y[j + 3] += hsum(a3);
+  }
+  for (; j < rows; ++j) {
+    V a0 = V::zero();
+    const T* w0 = W + j * cols;
+    int64_t k = 0;
+    for (; k + W_ <= cols; k += W_) a0 = fmadd(V::load(w0 + k), V::load(v + k), a0);
+    if (k < cols) a0 = fmadd(V::load_first(w0 + k, int(cols - k)), V::load_first(v + k, int(cols - k)), a0);
+    y[j] += hsum(a0);
+  }
+}
+
+template <typename T>
+void cell_step(int64_t B, int64_t I, int64_t H, Activation act, const T* x, const T* h,
+               const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, T* h1) {
+  for (int64_t b = 0; b < B; ++b) {
+    T* o = h1 + b * H;
+    for (int64_t j = 0; j < H; ++j) o[j] = (b_ih ? b_ih[j] : T(0)) + (b_hh ? b_hh[j] : T(0));
+    matvec_add(W_ih, H, I, x + b * I, o);
+    if (h) matvec_add(W_hh, H, H, h + b * H, o);
+    int64_t j = 0;
+    for (; j + Vec<T>::W <= H; j += Vec<T>::W) {
+      const Vec<T> z = Vec<T>::load(o + j);
+      (act == Activation::tanh ? vtanh(z) : activate<T, Activation::relu>(z)).store(o + j);
+    }
+    if (j < H) {
+      const int n = int(H - j);
+      const Vec<T> z = Vec<T>::load_first(o + j, n);
+      (act == Activation::tanh ? vtanh(z) : activate<T, Activation::relu>(z)).store_first(o + j, n);
+    }
+  }
+}
+
 template <typename T>
 const Kernels<T>& make_table(Isa isa) {
   static const Kernels<T> table = {isa,           rows_per_tile<4>(), Vec<T>::W,    &plan_panels<T>,
                                    &pack<T>,      &fwd_step<T>,       &bwd_step<T>, &tanh_array<T>,
-                                   &tn_product<T>};
+                                   &cell_step<T>, &tn_product<T>};
   return table;
 }
 

@@ -287,7 +287,7 @@ def check(case, runners):
     return result
 
 
-def run(shapes, dtypes, backends, rounds=5, target_s=0.05, progress=None):
+def run(shapes, dtypes, backends, rounds=5, target_s=0.05, progress=None, gap_s=QUIET_GAP_S):
     """Benchmarks every (shape, dtype); returns a list of result rows (dicts)."""
     rows = []
     prog = Progress(len(shapes) * len(dtypes), progress)
@@ -298,7 +298,7 @@ def run(shapes, dtypes, backends, rounds=5, target_s=0.05, progress=None):
             checks = check(case, runners)
             row = {"shape": list(shape), "dtype": dtype_name, "check": checks}
             for mode, idx in (("forward", 0), ("forward_backward", 1)):
-                times = time_alternating({b: r[idx] for b, r in runners.items()}, rounds, target_s)
+                times = time_alternating({b: r[idx] for b, r in runners.items()}, rounds, target_s, gap_s)
                 row[mode] = {b: {"median_s": statistics.median(t), "blocks_s": t} for b, t in times.items()}
                 row[mode + "_gflops"] = case.flops(idx == 1) / 1e9
             rows.append(row)

@@ -85,7 +85,8 @@ def _bench(args):
               f"rate of elman's BLAS, measured now)")
     if "OPENBLAS_CORETYPE" in info.get("env_OPENBLAS_CORETYPE", "") or "env_OPENBLAS_CORETYPE" in info:
         print("  note: OPENBLAS_CORETYPE is set; it forces an older OpenBLAS kernel and slows every BLAS")
-    rows = B.run(shapes, dtypes, backends, rounds=rounds, target_s=args.block, progress=args.progress)
+    rows = B.run(shapes, dtypes, backends, rounds=rounds, target_s=args.block, progress=args.progress,
+                 gap_s=args.gap)
     for dtype in dtypes:
         sub = [r for r in rows if r["dtype"] == dtype]
         bad = [(r["shape"], b, e) for r in sub for b, (ok, e) in r["check"].items() if not ok]
@@ -155,6 +156,9 @@ def main(argv=None):
     pb.add_argument("--threads", type=int, help="threads for elman and torch (default: elman's default)")
     pb.add_argument("--rounds", type=int, help="alternating timed blocks per backend (median taken)")
     pb.add_argument("--block", type=float, default=0.05, help="seconds per timed block (default 0.05)")
+    pb.add_argument("--gap", type=float, default=0.15,
+                    help="idle seconds before each timed block, so that the previous library's "
+                         "spinning threads have stopped (default 0.15)")
     pb.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     pb.add_argument("--plot", metavar="FILE.png", help="plot speed-up against work (needs matplotlib)")
     pb.add_argument("--no-cell", action="store_true", help="skip the RNNCell streaming measurement")

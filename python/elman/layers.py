@@ -507,6 +507,10 @@ class RNNCell(Module):
             self._add_param("bias_ih", self._uniform(rng, (H,), bound, self.dtype))
             self._add_param("bias_hh", self._uniform(rng, (H,), bound, self.dtype))
         self._ctx = None
+        p = self._params
+        self._cell = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+        self._relu = nonlinearity == "relu"
+        self._step = _backend.core().rnn_cell_step if self.backend == "cpu" else None
 
     def __repr__(self):
         s = f"RNNCell({self.input_size}, {self.hidden_size}"
@@ -520,6 +524,19 @@ class RNNCell(Module):
         if not self.bias:
             return None, None
         return self._params["bias_ih"].data, self._params["bias_hh"].data
+
+    def __call__(self, x, h=None):
+        # Fast path (cpu backend): one compiled call when the arguments fit exactly; it returns
+        # None for anything else, which then takes the validated path below.
+        if self._step is not None:
+            p_ih, p_hh, b_ih, b_hh = self._cell
+            h1 = self._step(x, h, p_ih._data, p_hh._data, None if b_ih is None else b_ih._data,
+                            None if b_hh is None else b_hh._data, self._relu)
+            if h1 is not None:
+                # straight into __dict__: Module.__setattr__ costs more than this whole step
+                self.__dict__["_ctx"] = (x, h, h1) if getattr(_grad_mode, "enabled", True) else None
+                return h1
+        return self.forward(x, h)
 
     def forward(self, x, h=None):
         x = F.as_array(x, "input", self.dtype)
@@ -548,15 +565,21 @@ class RNNCell(Module):
         b_ih, b_hh = self._biases()
         out, _ = F.rnn_forward(xb, self._params["weight_ih"].data, self._params["weight_hh"].data,
                                b_ih, b_hh, h, None, self.nonlinearity, backend=self.backend)
-        self._ctx = (xb, h, out, batched) if is_grad_enabled() else None
-        return out[0] if batched else out[0, 0]
+        h1 = out[0] if batched else out[0, 0]
+        self._ctx = (x, None if h is None else (h if batched else h[0]), h1) if is_grad_enabled() else None
+        return h1
 
     def backward(self, grad_h1):
         """Returns ``(grad_x, grad_h)`` for the last call; adds into the parameters' ``.grad``."""
-        xb, h, out, batched = _backward_context(self._ctx, "RNNCell")
+        x, h, h1 = _backward_context(self._ctx, "RNNCell")
+        batched = x.ndim == 2
         g = F.as_array(grad_h1, "grad_h1", self.dtype)
-        F.check_shape(g, "grad_h1", out.shape[1:] if batched else out.shape[2:])
+        F.check_shape(g, "grad_h1", h1.shape)
         self._ctx = None
+        xb = np.ascontiguousarray(x if batched else x[None])[None]        # (1, B, I)
+        out = h1[None] if batched else h1[None, None]                     # (1, B, H)
+        if h is not None:
+            h = h if batched else h[None]
         p = self._params
         grads = (p["weight_ih"].grad, p["weight_hh"].grad,
                  p["bias_ih"].grad if self.bias else None, p["bias_hh"].grad if self.bias else None)
