@@ -449,6 +449,7 @@ PYBIND11_MODULE(_core, m) {
     d["blas"] = "OpenBLAS (scipy-openblas32), single-threaded inside each elman thread";
     d["blas_config"] = std::string(cpu::blas_config());
     d["blas_corename"] = std::string(cpu::blas_corename());
+    d["build"] = std::string(ELMAN_BUILD_TYPE) + ", " + ELMAN_COMPILER;
     return d;
   });
 }
