@@ -2,24 +2,58 @@
 
 import argparse
 import json
+import os
 import statistics
 import sys
 
 from . import _backend
 
 
+def _install_kind():
+    """How this elman was installed: a wheel (with its tags), an editable checkout, or none."""
+    import importlib.metadata as md
+    try:
+        dist = md.distribution("elman")
+    except md.PackageNotFoundError:
+        return "not installed (imported from a source tree)"
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct.get("dir_info", {}).get("editable"):
+        return f"editable install of {direct.get('url', '?')}"
+    tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines()
+            if line.startswith("Tag:")]
+    source = direct.get("url", "").rsplit("/", 1)[-1]
+    return f"wheel {', '.join(tags) or '?'}" + (f" ({source})" if source else "")
+
+
+def _blas_threadpools():
+    """What threadpoolctl (if installed) sees of the BLAS libraries in this process."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [f"{p.get('internal_api')} {p.get('version')} ({p.get('filepath', '?').rsplit('/', 1)[-1]}): "
+            f"{p.get('num_threads')} threads" for p in threadpool_info() if p.get("user_api") == "blas"]
+
+
 def _info(args):
     import numpy as np
     from . import __version__
     print(f"elman {__version__}")
+    print(f"installed: {_install_kind()}")
     print(f"backends: {', '.join(_backend.available())}")
     if _backend._core is None:
         print(f"compiled kernels: not available ({_backend._core_error})")
         return 0
-    core = _backend.core()
-    for k, v in core.info().items():
-        print(f"{k}: {v}")
-    print(f"threads: {core.get_num_threads()}")
+    info = _backend.core().info()
+    print(f"build: {info['build']}")
+    print(f"instruction set: {info['isa']} (best this CPU supports: {info['isa_supported']}; "
+          f"ELMAN_ISA={os.environ.get('ELMAN_ISA', '') or 'unset'})")
+    print(f"threads: {info['threads']} (elman.set_num_threads)")
+    print(f"BLAS: {info['blas']}")
+    print(f"  {info['blas_config']} (kernels: {info['blas_corename']})")
+    pools = _blas_threadpools()
+    if pools is not None:
+        print("  threadpoolctl sees: " + "; ".join(pools))
     print(f"numpy: {np.__version__}")
     return 0
 
