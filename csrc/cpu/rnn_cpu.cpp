@@ -14,9 +14,6 @@
 #include <cstring>
 #include <new>
 #include <vector>
-#include <chrono>
-#include <cstdio>
-static double now_ms(){return std::chrono::duration<double,std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 
 #include "../rnn.h"
 #include "blas.h"
@@ -187,7 +184,6 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
     K.fwd_step(st, r0, r1, p0, p1);
   };
 
-  double tf[4]; tf[0]=now_ms();
   const int pp = int(std::min<int64_t>(P, npanels));  // packing parts
   cpu::parallel(P, [&](Team& team) {
     team.for_each(gp + pp, [&](int64_t i) {
@@ -350,7 +346,6 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
     }
   };
 
-  double tt[8]; tt[0]=now_ms();
   const int pp = int(std::min<int64_t>(P, npanels));  // packing parts
   cpu::parallel(P, [&](Team& team) {
     team.for_each(pp, [&](int64_t q) {

@@ -182,11 +182,11 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
 def backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
                   nonlinearity, reverse, grads, grad_x, accumulate_grad_x, grad_h0, grad_norms):
     """The kernel call of :func:`rnn_backward` on validated arguments (the layers' path).
-    Accumulates into ``grads`` (dW_ih, dW_hh, db_ih, db_hh); writes or adds grad_x; writes
-    grad_h0 and grad_norms."""
+    Accumulates into ``grads`` (dW_ih, dW_hh, db_ih, db_hh); writes or adds grad_x (None: the
+    input gradient is not wanted and not computed); writes grad_h0 (or None) and grad_norms."""
     dW_ih, dW_hh, db_ih, db_hh = grads
     if out.shape[1] == 0:
-        if not accumulate_grad_x:
+        if grad_x is not None and not accumulate_grad_x:
             grad_x[...] = 0
         grad_norms[...] = 0
         return
@@ -203,9 +203,11 @@ def backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n,
     for db in (db_ih, db_hh):
         if db is not None:
             db += r["db"].astype(dtype)
-    if accumulate_grad_x:
-        grad_x += r["grad_x"].astype(dtype)
-    else:
-        grad_x[...] = r["grad_x"]
-    grad_h0[...] = r["grad_h0"]
+    if grad_x is not None:
+        if accumulate_grad_x:
+            grad_x += r["grad_x"].astype(dtype)
+        else:
+            grad_x[...] = r["grad_x"]
+    if grad_h0 is not None:
+        grad_h0[...] = r["grad_h0"]
     grad_norms[...] = r["grad_norms"]

@@ -18,7 +18,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.overrides import has_torch_function
 
-from . import functional as F
+from . import _backend, functional as F
 
 __all__ = ["RNN", "RNNCell"]
 
@@ -69,16 +69,17 @@ def _layer_forward(cfg, x, h0, weights):
         h0n = None if h0n is None else h0n.reshape(1, -1, H)
     T, B, _ = xn.shape
     out = np.empty((T, B, D * H), xn.dtype)
-    h_n = []
-    for d in range(D):
+    h_n = np.empty((D, B, H), xn.dtype)
+    backend = _backend.resolve(None)
+    for d in range(D):  # torch validated the shapes; the kernels check them again
         w = wn[d * nw:(d + 1) * nw]
         b_ih, b_hh = (w[2], w[3]) if nw == 4 else (None, None)
-        h_n.append(F.rnn_forward(xn, w[0], w[1], b_ih, b_hh, None if h0n is None else h0n[d],
-                                 lengths, nonlinearity, reverse=d == 1,
-                                 out=out if D == 1 else out[:, :, d * H:(d + 1) * H])[1])
+        F.forward_into(backend, xn, w[0], w[1], b_ih, b_hh, None if h0n is None else h0n[d],
+                       lengths, nonlinearity, d == 1,
+                       out if D == 1 else out[:, :, d * H:(d + 1) * H], h_n[d])
     if cell:
         return torch.from_numpy(out.reshape(x.shape[:-1] + (H,)))
-    return torch.from_numpy(out), torch.from_numpy(h_n[0][None] if D == 1 else np.stack(h_n))
+    return torch.from_numpy(out), torch.from_numpy(h_n)
 
 
 class _Layer(torch.autograd.Function):
@@ -109,22 +110,21 @@ class _Layer(torch.autograd.Function):
             h0n = None if h0n is None else h0n.reshape(1, -1, H)
             on = on.reshape(1, -1, H)
             gon = gon.reshape(1, -1, H)
-        grad_x = np.empty(xn.shape, xn.dtype)
+        # the input gradient is computed only when asked for (it is one large product)
+        grad_x = np.empty(xn.shape, xn.dtype) if need[1] else None
         grad_h0 = np.empty(h0n.shape, xn.dtype) if h0n is not None and need[2] else None
+        backend = _backend.resolve(None)
         grad_w = []
         for d in range(D):
             w = wn[d * nw:(d + 1) * nw]
             gw = [np.zeros(a.shape, a.dtype) for a in w]
             cols = slice(d * H, (d + 1) * H)
-            r = F.rnn_backward(xn, w[0], w[1], on[:, :, cols],
-                               h0=None if h0n is None else h0n[d],
-                               grad_out=None if gon is None else gon[:, :, cols],
-                               grad_h_n=None if ghn is None else ghn[d],
-                               lengths=lengths, nonlinearity=nonlinearity, reverse=d == 1,
-                               bias=nw == 4, grads=tuple(gw) + (None,) * (4 - nw),
-                               grad_x=grad_x, accumulate_grad_x=d > 0)
-            if grad_h0 is not None:
-                grad_h0[d] = r.grad_h0
+            F.backward_into(backend, xn, w[0], w[1], on[:, :, cols],
+                            None if h0n is None else h0n[d],
+                            None if gon is None else gon[:, :, cols],
+                            None if ghn is None else ghn[d], lengths, nonlinearity, d == 1,
+                            tuple(gw) + (None,) * (4 - nw), grad_x, d > 0,
+                            None if grad_h0 is None else grad_h0[d], np.empty(xn.shape[0]))
             grad_w += [torch.from_numpy(g) if need[3 + d * nw + i] else None
                        for i, g in enumerate(gw)]
         return (None,
