@@ -435,11 +435,17 @@ void tn_product(const T* A, int64_t lda, int64_t m0, int64_t m1, const TnTarget<
     if (klo >= khi) continue;
     for (int64_t tI = 0; tI < tiles; ++tI) {  // pack A rows [klo, khi), tile-major
       T* d = apack + tI * KC * MR;
-      const int64_t mb = m0 + tI * MR, valid = imin<int64_t>(MR, m1 - mb);
-      for (int64_t k = klo; k < khi; ++k) {
-        const T* src = A + k * lda + mb;
-        T* dk = d + (k - kb) * MR;
-        for (int r = 0; r < MR; ++r) dk[r] = r < valid ? src[r] : T(0);
+      const int64_t mb = m0 + tI * MR;
+      const int valid = int(imin<int64_t>(MR, m1 - mb));
+      if (MR <= Vec<T>::W) {  // one masked vector per k (zeros past the last row)
+        for (int64_t k = klo; k < khi; ++k)
+          Vec<T>::load_first(A + k * lda + mb, valid).store_first(d + (k - kb) * MR, MR);
+      } else {
+        for (int64_t k = klo; k < khi; ++k) {
+          const T* src = A + k * lda + mb;
+          T* dk = d + (k - kb) * MR;
+          for (int r = 0; r < MR; ++r) dk[r] = r < valid ? src[r] : T(0);
+        }
       }
     }
     for (int32_t i = 0; i < ntargets; ++i) {
@@ -453,7 +459,11 @@ void tn_product(const T* A, int64_t lda, int64_t m0, int64_t m1, const TnTarget<
         for (int64_t k = k0; k < k1; ++k) {  // pack this panel's block of B, k-major
           const T* src = t.B + (k - t.k0) * t.ldb + n;
           T* dk = bpack + (k - k0) * NR;
-          for (int64_t c = 0; c < NR; ++c) dk[c] = c < nc ? src[c] : T(0);
+          for (int64_t c = 0; c < NR; c += W) {
+            const int64_t left = nc - c;
+            (left >= W ? Vec<T>::load(src + c)
+                       : Vec<T>::load_first(src + c, int(left > 0 ? left : 0))).store(dk + c);
+          }
         }
         for (int64_t tI = 0; tI < tiles; ++tI) {
           const int64_t mb = m0 + tI * MR;
