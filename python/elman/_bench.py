@@ -125,8 +125,10 @@ class Case:
             for name, v in (("weight_ih_l0", self.W_ih), ("weight_hh_l0", self.W_hh),
                             ("bias_ih_l0", self.b_ih), ("bias_hh_l0", self.b_hh)):
                 getattr(m, name).copy_(torch.from_numpy(v))
-        x = torch.from_numpy(self.x)
-        h0 = torch.from_numpy(self.h0)[None]
+        # x and h0 require gradients, so that torch computes what every other backend does:
+        # dL/dx, dL/dh0 and the parameter gradients.
+        x = torch.from_numpy(self.x).requires_grad_(True)
+        h0 = torch.from_numpy(self.h0)[None].requires_grad_(True)
         g = torch.from_numpy(self.g_out)
 
         def fwd():
@@ -135,6 +137,7 @@ class Case:
 
         def fwdbwd():
             m.zero_grad(set_to_none=True)
+            x.grad = h0.grad = None
             out, _ = m(x, h0)
             out.backward(g)
             return out.detach().numpy(), m.weight_hh_l0.grad.numpy()
@@ -308,8 +311,19 @@ def run(shapes, dtypes, backends, rounds=5, target_s=0.05, progress=None, gap_s=
 
 
 def run_cell(shapes, backends, rounds=5, target_s=0.05):
-    """Streaming inference: one RNNCell step per call from Python (B, I, H)."""
+    """Streaming inference: one RNNCell step per call from Python (B, I, H), every library in
+    its no-gradient mode (entered once, around the timing, as a streaming loop would)."""
+    from contextlib import ExitStack
     from .layers import RNNCell, no_grad
+    with ExitStack() as stack:
+        stack.enter_context(no_grad())
+        if "torch" in backends or "elman.torch" in backends:
+            import torch
+            stack.enter_context(torch.no_grad())
+        return _run_cell(shapes, backends, rounds, target_s)
+
+
+def _run_cell(shapes, backends, rounds, target_s):
     rows = []
     for B, I, H in shapes:
         rng = np.random.default_rng(0)
@@ -318,30 +332,20 @@ def run_cell(shapes, backends, rounds=5, target_s=0.05):
         fns = {}
         if "cpu" in backends:
             cell = RNNCell(I, H, seed=0, backend="cpu")
-
-            def cpu_step(cell=cell):
-                with no_grad():
-                    return cell(x, h)
-            fns["cpu"] = cpu_step
+            fns["cpu"] = lambda: cell(x, h)
         if "torch" in backends:
             import torch
             tc = torch.nn.RNNCell(I, H)
             tx, th = torch.from_numpy(x), torch.from_numpy(h)
 
-            def torch_step():
-                with torch.no_grad():
-                    return tc(tx, th)
-            fns["torch"] = torch_step
+            fns["torch"] = lambda: tc(tx, th)
         if "elman.torch" in backends:
             import torch
             from . import torch as elman_torch
             ec = elman_torch.RNNCell(I, H)
             ex, eh = torch.from_numpy(x), torch.from_numpy(h)
 
-            def elman_torch_step():
-                with torch.no_grad():
-                    return ec(ex, eh)
-            fns["elman.torch"] = elman_torch_step
+            fns["elman.torch"] = lambda: ec(ex, eh)
         times = time_alternating(fns, rounds, target_s)
         rows.append({"shape": [B, I, H], "times": {k: statistics.median(v) for k, v in times.items()}})
     return rows
