@@ -314,7 +314,7 @@ def run_cell(shapes, backends, rounds=5, target_s=0.05):
     """Streaming inference: one RNNCell step per call from Python (B, I, H), every library in
     its no-gradient mode (entered once, around the timing, as a streaming loop would)."""
     from contextlib import ExitStack
-    from .layers import RNNCell, no_grad
+    from .layers import no_grad
     with ExitStack() as stack:
         stack.enter_context(no_grad())
         if "torch" in backends or "elman.torch" in backends:
@@ -324,6 +324,7 @@ def run_cell(shapes, backends, rounds=5, target_s=0.05):
 
 
 def _run_cell(shapes, backends, rounds, target_s):
+    from .layers import RNNCell
     rows = []
     for B, I, H in shapes:
         rng = np.random.default_rng(0)
