@@ -29,6 +29,7 @@ struct FwdStep {
   int64_t H = 0;
   Activation act = Activation::tanh;
   const Panel* panels = nullptr;
+  int64_t npanels = 0;
   const T* Wp = nullptr;                // packed W_hh^T: element (k, j) = W_hh[j, k]
   const T* bias = nullptr;              // [H] b_ih + b_hh
   const T* zeros = nullptr;             // [H] zeros (the state of rows without a predecessor)
@@ -50,6 +51,7 @@ struct BwdStep {
   int64_t H = 0;
   Activation act = Activation::tanh;
   const Panel* panels = nullptr;
+  int64_t npanels = 0;
   const T* Wp = nullptr;                // packed W_hh: element (j, k) = W_hh[j, k]
   const T* zeros = nullptr;             // [H] zeros
   const T* dzn = nullptr;               // rows of the next step's dz, or nullptr (none)
@@ -95,6 +97,11 @@ struct Kernels {
                int64_t first, int64_t last, T* dst);
   void (*fwd_step)(const FwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
   void (*bwd_step)(const BwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1);
+  // n consecutive steps over rows [r0, r1) and every panel, for sequences that all have T
+  // steps: s is the first processed step; the strides (in elements) move its pointers on.
+  void (*fwd_steps)(const FwdStep<T>& s, int64_t n, int64_t out_stride, int64_t r0, int64_t r1);
+  void (*bwd_steps)(const BwdStep<T>& s, int64_t n, int64_t go_stride, int64_t h_stride,
+                    int64_t dz_stride, int64_t sumsq_stride, int64_t r0, int64_t r1);
   void (*tanh)(const T* x, T* y, int64_t n);
   // One step of an RNNCell for a few rows (streaming inference): for each of B rows,
   //   h1[b] = f(b_ih + b_hh + W_ih x[b] + W_hh h[b])   (h may be nullptr: zero state)

@@ -150,6 +150,7 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
   base.H = H;
   base.act = sh.act;
   base.panels = panels.data();
+  base.npanels = npanels;
   base.Wp = Wp.p;
   base.bias = bias.p;
   base.zeros = zeros.p;
@@ -195,7 +196,17 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
         K.pack(a.w.W_hh, H, true, H, H, panels.data(), lo, hi, Wp.p);
       }
     });
-    if (rp.by_rows) {
+    if (rp.by_rows && uniform) {  // the whole loop over time inside the kernel
+      team.for_each(rp.parts, [&](int64_t q) {
+        int64_t r0, r1;
+        part_range(B, rp.parts, int(q), &r0, &r1);
+        cpu::FwdStep<T> st = base;
+        st.out = a.out + time_of(sh, 0) * B * ld;
+        st.prev = a.h0;
+        st.ld_prev = H;
+        K.fwd_steps(st, nT, (sh.reverse ? -1 : 1) * B * ld, r0, r1);
+      });
+    } else if (rp.by_rows) {
       team.for_each(rp.parts, [&](int64_t q) {
         int64_t r0, r1;
         part_range(B, rp.parts, int(q), &r0, &r1);
@@ -246,6 +257,7 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   base.H = H;
   base.act = sh.act;
   base.panels = panels.data();
+  base.npanels = npanels;
   base.Wp = Wp.p;
   base.zeros = zeros.p;
   base.ld_dzn = H;
@@ -353,7 +365,21 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
       part_range(npanels, pp, int(q), &lo, &hi);
       K.pack(a.w.W_hh, H, false, H, H, panels.data(), lo, hi, Wp.p);
     });
-    if (rp.by_rows) {
+    if (rp.by_rows && uniform) {  // the whole loop over time inside the kernel
+      team.for_each(rp.parts, [&](int64_t q) {
+        int64_t r0, r1;
+        part_range(B, rp.parts, int(q), &r0, &r1);
+        const int64_t t = time_of(sh, nT - 1), dir = sh.reverse ? 1 : -1;  // t moves by dir
+        cpu::BwdStep<T> st = base;
+        st.grad_out = a.grad_out ? a.grad_out + t * B * a.ld_grad_out : nullptr;
+        st.h = a.out + t * B * ld;
+        st.dz = dz + t * B * H;
+        st.carry = a.grad_h_n;
+        st.sumsq = a.grad_norms ? sumsq.p + q * nT + (nT - 1) : nullptr;
+        st.dbsum = want_db ? dbsum.p + q * H : nullptr;
+        K.bwd_steps(st, nT, dir * B * a.ld_grad_out, dir * B * ld, dir * B * H, -1, r0, r1);
+      });
+    } else if (rp.by_rows) {
       team.for_each(rp.parts, [&](int64_t q) {
         int64_t r0, r1;
         part_range(B, rp.parts, int(q), &r0, &r1);

@@ -39,13 +39,14 @@ ELMAN_VINLINE Vec<float> exp_pos(Vec<float> y) {
   const V n = t - magic;
   V r = fnmadd(n, V::set1(0.693359375f), y);
   r = fnmadd(n, V::set1(-2.12194440e-4f), r);
-  V p = V::set1(1.9875691500E-4f);
-  p = fmadd(p, r, V::set1(1.3981999507E-3f));
-  p = fmadd(p, r, V::set1(8.3334519073E-3f));
-  p = fmadd(p, r, V::set1(4.1665795894E-2f));
-  p = fmadd(p, r, V::set1(1.6666665459E-1f));
-  p = fmadd(p, r, V::set1(5.0000001201E-1f));
-  const V e = fmadd(p, r * r, r) + V::set1(1.0f);
+  // The Cephes polynomial in Estrin's form (three dependent steps instead of five: the
+  // recurrence waits for this tanh at every step of a single sequence).
+  const V r2 = r * r;
+  const V p01 = fmadd(V::set1(1.6666665459E-1f), r, V::set1(5.0000001201E-1f));
+  const V p23 = fmadd(V::set1(8.3334519073E-3f), r, V::set1(4.1665795894E-2f));
+  const V p45 = fmadd(V::set1(1.9875691500E-4f), r, V::set1(1.3981999507E-3f));
+  const V p = fmadd(fmadd(p45, r2, p23), r2, p01);
+  const V e = fmadd(p, r2, r) + V::set1(1.0f);
   return e * pow2_from_magic(t);
 }
 
@@ -178,7 +179,9 @@ template <typename T, int M, int NV>
 ELMAN_VINLINE void accumulate(int64_t K, const T* const* a, const T* bp, Vec<T> (&acc)[M][NV]) {
   using V = Vec<T>;
   constexpr int W = V::W, NR = NV * W;
-  constexpr int KS = M * NV >= 8 ? 1 : (8 / (M * NV) >= 4 ? 4 : 2);  // independent k chains
+  // Independent k chains so that at least 16 accumulators are in flight (FMA latency x
+  // throughput), which matters when a step has a single sequence.
+  constexpr int KS = M * NV >= 16 ? 1 : (M * NV >= 8 ? 2 : (M * NV >= 4 ? 4 : 8));
   for (int r = 0; r < M; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
   if constexpr (KS == 1) {
@@ -214,9 +217,10 @@ ELMAN_VINLINE void accumulate(int64_t K, const T* const* a, const T* bp, Vec<T> 
       }
     }
     for (int r = 0; r < M; ++r)
-      for (int v = 0; v < NV; ++v) {
-        if constexpr (KS == 4) acc[r][v] = (part[0][r][v] + part[1][r][v]) + (part[2][r][v] + part[3][r][v]);
-        else acc[r][v] = part[0][r][v] + part[1][r][v];
+      for (int v = 0; v < NV; ++v) {  // pairwise, in a fixed order
+        for (int w = KS / 2; w >= 1; w /= 2)
+          for (int q = 0; q < w; ++q) part[q][r][v] = part[q][r][v] + part[q + w][r][v];
+        acc[r][v] = part[0][r][v];
       }
   }
 }
@@ -355,6 +359,81 @@ void bwd_step_act(const BwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64
   }
 }
 #undef ELMAN_TILE_SWITCH
+
+// Every step of a direction for rows [r0, r1) when every sequence has all T steps: the loop
+// over time runs here, so a step costs no dispatch. s describes the first processed step;
+// each next step's out rows are out_stride elements further and read the previous ones.
+// The latency-bound case of a state that fits one vector (H <= W): the state stays in a
+// register from step to step and each step is one short chain (broadcast, FMAs summed in a
+// fixed pairwise order, activation), with no per-step call or tile setup.
+template <typename T, Activation A>
+void fwd_steps_one_vector(const FwdStep<T>& s, int64_t n, int64_t out_stride, int64_t b) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const int H = int(s.H);
+  const T* Wp = s.Wp;  // one panel: row k at Wp + k * W (zeros past H)
+  const V bias = V::load_first(s.bias, H);
+  V h = s.prev ? V::load_first(s.prev + b * s.ld_prev, H) : V::zero();
+  alignas(64) T hb[W];
+  T* o = s.out + b * s.ld_out;
+  for (int64_t i = 0; i < n; ++i, o += out_stride) {
+    h.store(hb);
+    V c[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    int k = 0;
+    for (; k + 4 <= H; k += 4)
+      for (int q = 0; q < 4; ++q) c[q] = fmadd(V::set1(hb[k + q]), V::load(Wp + (k + q) * W), c[q]);
+    for (; k < H; ++k) c[0] = fmadd(V::set1(hb[k]), V::load(Wp + k * W), c[0]);
+    const V xb = V::load_first(o, H) + bias;
+    h = activate<T, A>(xb + ((c[0] + c[1]) + (c[2] + c[3])));
+    h.store_first(o, H);
+  }
+}
+
+template <typename T, Activation A>
+void fwd_steps_act(FwdStep<T> s, int64_t n, int64_t out_stride, int64_t r0, int64_t r1) {
+  if (s.H <= Vec<T>::W && r1 - r0 == 1) {  // several rows: the tiles interleave them instead
+    fwd_steps_one_vector<T, A>(s, n, out_stride, r0);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    fwd_step_act<T, A>(s, r0, r1, 0, s.npanels);
+    s.prev = s.out;
+    s.ld_prev = s.ld_out;
+    s.out += out_stride;
+  }
+}
+
+// The same for backward: s describes the last step (processed first); each next one moves
+// grad_out, h and dz by their strides and takes the previous dz as dz_next (no carry).
+template <typename T, Activation A>
+void bwd_steps_act(BwdStep<T> s, int64_t n, int64_t go_stride, int64_t h_stride, int64_t dz_stride,
+                   int64_t sumsq_stride, int64_t r0, int64_t r1) {
+  for (int64_t i = 0; i < n; ++i) {
+    bwd_step_act<T, A>(s, r0, r1, 0, s.npanels);
+    s.dzn = s.dz;
+    s.ld_dzn = s.ld_dz;
+    s.carry = nullptr;
+    if (s.grad_out) s.grad_out += go_stride;
+    s.h += h_stride;
+    s.dz += dz_stride;
+    if (s.sumsq) s.sumsq += sumsq_stride;
+  }
+}
+
+template <typename T>
+void fwd_steps(const FwdStep<T>& s, int64_t n, int64_t out_stride, int64_t r0, int64_t r1) {
+  if (s.act == Activation::tanh) fwd_steps_act<T, Activation::tanh>(s, n, out_stride, r0, r1);
+  else fwd_steps_act<T, Activation::relu>(s, n, out_stride, r0, r1);
+}
+
+template <typename T>
+void bwd_steps(const BwdStep<T>& s, int64_t n, int64_t go_stride, int64_t h_stride, int64_t dz_stride,
+               int64_t sumsq_stride, int64_t r0, int64_t r1) {
+  if (s.act == Activation::tanh)
+    bwd_steps_act<T, Activation::tanh>(s, n, go_stride, h_stride, dz_stride, sumsq_stride, r0, r1);
+  else
+    bwd_steps_act<T, Activation::relu>(s, n, go_stride, h_stride, dz_stride, sumsq_stride, r0, r1);
+}
 
 template <typename T>
 void fwd_step(const FwdStep<T>& s, int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
@@ -643,8 +722,8 @@ void cell_step(int64_t B, int64_t I, int64_t H, Activation act, const T* x, cons
 template <typename T>
 const Kernels<T>& make_table(Isa isa) {
   static const Kernels<T> table = {isa,           rows_per_tile<4>(), Vec<T>::W,    &plan_panels<T>,
-                                   &pack<T>,      &fwd_step<T>,       &bwd_step<T>, &tanh_array<T>,
-                                   &cell_step<T>, &tn_product<T>};
+                                   &pack<T>,      &fwd_step<T>,       &bwd_step<T>, &fwd_steps<T>,
+                                   &bwd_steps<T>, &tanh_array<T>,     &cell_step<T>, &tn_product<T>};
   return table;
 }
 

@@ -28,6 +28,8 @@ def as_array(a, name, dtype):
 
     The only conversion is a byte-order swap of the same float type, which keeps every value.
     """
+    if type(a) is np.ndarray and a.dtype is dtype:  # the common case, checked cheaply
+        return a
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a)
@@ -68,12 +70,16 @@ def as_lengths(lengths, T, B):
 
 
 def _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
-    """Validates one layer's input and weights; returns (x, T, B, I, H, dtype)."""
-    check_nonlinearity(nonlinearity)
+    """Validates one layer's input and weights; returns them (as arrays of the weights' dtype)
+    with the sizes: (x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype)."""
+    if nonlinearity not in NONLINEARITIES:
+        check_nonlinearity(nonlinearity)
     weight_hh = np.asarray(weight_hh)
     dtype = weight_hh.dtype
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"weight_hh must have dtype float32 or float64, got {dtype}")
+    dtype = FLOAT_DTYPES[0] if dtype == FLOAT_DTYPES[0] else FLOAT_DTYPES[1]  # the canonical object
+    weight_hh = as_array(weight_hh, "weight_hh", dtype)
     if weight_hh.ndim != 2 or weight_hh.shape[0] != weight_hh.shape[1]:
         raise ValueError(f"weight_hh must have shape (H, H), got {weight_hh.shape}")
     H = weight_hh.shape[0]
@@ -83,18 +89,22 @@ def _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
     T, B, I = x.shape
     if T == 0:
         raise ValueError("Expected sequence length to be larger than 0 in RNN, got x with T = 0")
-    check_shape(as_array(weight_ih, "weight_ih", dtype), "weight_ih", (H, I))
-    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
-        if b is not None:
-            check_shape(as_array(b, name, dtype), name, (H,))
-    return x, T, B, I, H, dtype
+    weight_ih = as_array(weight_ih, "weight_ih", dtype)
+    if weight_ih.shape != (H, I):
+        check_shape(weight_ih, "weight_ih", (H, I))
+    if bias_ih is not None:
+        bias_ih = _optional(bias_ih, "bias_ih", dtype, (H,))
+    if bias_hh is not None:
+        bias_hh = _optional(bias_hh, "bias_hh", dtype, (H,))
+    return x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype
 
 
 def _optional(a, name, dtype, shape):
     if a is None:
         return None
     a = as_array(a, name, dtype)
-    check_shape(a, name, shape)
+    if a.shape != shape:
+        check_shape(a, name, shape)
     return a
 
 
@@ -109,7 +119,8 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
     Returns ``(out, h_n)``: out (T, B, H) with 0 past each sequence's length, h_n (B, H).
     """
     backend = _backend.resolve(backend)
-    x, T, B, I, H, dtype = _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
+    x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype = _check_layer(
+        x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
     h0 = _optional(h0, "h0", dtype, (B, H))
     lengths = as_lengths(lengths, T, B)
     if out is None:
@@ -152,7 +163,8 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     Returns :class:`RNNGrads`.
     """
     backend = _backend.resolve(backend)
-    x, T, B, I, H, dtype = _check_layer(x, weight_ih, weight_hh, None, None, nonlinearity)
+    x, weight_ih, weight_hh, _, _, T, B, I, H, dtype = _check_layer(
+        x, weight_ih, weight_hh, None, None, nonlinearity)
     out = as_array(out, "out", dtype)
     check_shape(out, "out", (T, B, H))
     h0 = _optional(h0, "h0", dtype, (B, H))
