@@ -155,6 +155,10 @@ void parallel_raw(int want, TeamFn fn, void* ctx) {
 }
 
 int default_num_threads() {
+  if (const char* env = std::getenv("ELMAN_NUM_THREADS")) {  // an explicit choice wins
+    const long n = std::strtol(env, nullptr, 10);
+    if (n >= 1 && n <= 4096) return int(n);
+  }
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
     const int n = CPU_COUNT(&set);

@@ -74,7 +74,7 @@ void parallel(int want, F&& f) {
 
 void set_num_threads(int n);
 int get_num_threads();
-int default_num_threads();  // the CPUs this process may run on
+int default_num_threads();  // ELMAN_NUM_THREADS if set, else the CPUs this process may run on
 
 }  // namespace cpu
 }  // namespace elman
