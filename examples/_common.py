@@ -29,11 +29,15 @@ def parse_args(description, add_arguments=None):
     parser.add_argument("--out", default=".", help="folder for the plot and results JSON "
                                                     "(default: the current folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data split, init, batches")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for elman (and torch): default elman's own default")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args()
     args.out = pathlib.Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads is not None:
+        elman.set_num_threads(args.threads)
     if args.compare_torch:
         import_or_exit("torch", "--compare-torch needs PyTorch: pip install torch")
     return args
@@ -132,8 +136,9 @@ def progress_bar(total, desc):
 # ----------------------------------------------------------------------------- reporting
 def machine():
     """One line on where the numbers were measured."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{platform.machine()}, {os.cpu_count()} cores, elman threads "
-            f"{elman.get_num_threads()}, elman {elman.__version__}")
+            f"{elman.get_num_threads()}, elman {elman.__version__}, load average {load:.1f}")
 
 
 def report(title, runs, baselines, metric, higher_is_better, out, name, extra=None):
