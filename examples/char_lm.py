@@ -122,7 +122,7 @@ def main():
     ids = np.array([index[c] for c in text], dtype=np.int64)
     split = int(len(ids) * 0.9)                          # the last 10% is validation text
     train, val = chunks(ids[:split], SEQ), chunks(ids[split:], SEQ)
-    epochs = args.epochs or (3 if args.quick else 10)
+    epochs = args.epochs or (3 if args.quick else 20)
     batch_size, lr, momentum, clip = 32, 0.5, 0.9, 1.0
     print(f"char_lm: {len(text)} characters of CPython's pydoc topics, {V} distinct, "
           f"{len(train)} training / {len(val)} validation sequences of {SEQ}")

@@ -104,9 +104,10 @@ def main():
     frames = np.concatenate(train_seqs)
     mean, std = frames.mean(axis=0), frames.std(axis=0)    # training statistics only
     train, test = pad(train_seqs, mean, std), pad(test_seqs, mean, std)
-    epochs = args.epochs or (10 if args.quick else 100)
+    epochs = args.epochs or (10 if args.quick else 60)
     batch_size, lr, momentum, clip = 16, 0.02, 0.9, 5.0
     direction = "bidirectional" if args.bidirectional else "unidirectional"
+    name = "vowels_bidirectional" if args.bidirectional else "vowels"
     print(f"vowels: {len(y_train)} training / {len(y_test)} test utterances, "
           f"{train[1].min()}-{max(train[1].max(), test[1].max())} frames of 12 coefficients, "
           f"9 speakers, {direction} RNN")
@@ -143,7 +144,7 @@ def main():
     centroid = float(np.mean(dist.argmin(axis=1) == y_test))
     report(f"JapaneseVowels speaker (many-to-one, variable length, {direction})", runs,
            {"majority class": majority, "nearest centroid of mean frame": centroid},
-           "test accuracy", True, args.out, "vowels")
+           "test accuracy", True, args.out, name)
 
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -160,7 +161,7 @@ def main():
     b.legend(fontsize=8)
     b.grid(alpha=0.3)
     fig.suptitle(f"JapaneseVowels: 9 speakers from 7-29 frames ({direction} RNN with lengths)")
-    save_figure(fig, args.out, "vowels")
+    save_figure(fig, args.out, name)
 
 
 if __name__ == "__main__":
