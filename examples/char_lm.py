@@ -110,7 +110,7 @@ def torch_model(model):
 def main():
     args = parse_args(__doc__.split("\n\n")[0], lambda p: (
         p.add_argument("--epochs", type=int, default=None),
-        p.add_argument("--hidden", type=int, default=128),
+        p.add_argument("--hidden", type=int, default=256),
         p.add_argument("--lr", type=float, default=0.2),
         p.add_argument("--prompt", default="The for statement is used to"),
         p.add_argument("--temperature", type=float, default=0.6)))
@@ -123,7 +123,7 @@ def main():
     ids = np.array([index[c] for c in text], dtype=np.int64)
     split = int(len(ids) * 0.9)                          # the last 10% is validation text
     train, val = chunks(ids[:split], SEQ), chunks(ids[split:], SEQ)
-    epochs = args.epochs or (3 if args.quick else 20)
+    epochs = args.epochs or (3 if args.quick else 10)
     batch_size, lr, momentum, clip = 32, args.lr, 0.9, 1.0
     print(f"char_lm: {len(text)} characters of CPython's pydoc topics, {V} distinct, "
           f"{len(train)} training / {len(val)} validation sequences of {SEQ}")
