@@ -84,6 +84,7 @@ def test_evaluation_schedule_and_max_steps():
                   batch_size=10, epochs=3, evaluate=evaluate, progress=False)
     assert [s for s, _ in h.evals] == [5, 10, 15]           # end of each epoch, once
     steps, values = h.metric("n")
+    np.testing.assert_array_equal(values, [1, 2, 3])
     np.testing.assert_array_equal(steps, [5, 10, 15])
     assert h.last("n") == 3 and np.isnan(h.last("missing"))
     seen = []
