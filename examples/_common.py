@@ -1,5 +1,5 @@
 """What the example scripts share: command-line flags, finding data files inside installed
-packages, the PyTorch side of --compare-torch (same batches as elman.fit), the printed
+packages, the PyTorch twin of --compare-torch (trained in lockstep with elman.fit), the printed
 summary, the results JSON and matplotlib set-up. Not part of the elman package."""
 
 import argparse
@@ -30,7 +30,8 @@ def parse_args(description, add_arguments=None):
                                                     "(default: the current folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data split, init, batches")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads for elman (and torch): default elman's own default")
+                        help="threads for elman, for NumPy's BLAS (Linear layers and losses "
+                             "run on NumPy) and for torch; default: each library's own")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args()
@@ -38,9 +39,20 @@ def parse_args(description, add_arguments=None):
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads is not None:
         elman.set_num_threads(args.threads)
+        limit_numpy_blas(args.threads)
     if args.compare_torch:
         import_or_exit("torch", "--compare-torch needs PyTorch: pip install torch")
     return args
+
+
+def limit_numpy_blas(n):
+    """Sets the threads of NumPy's own BLAS (not elman's, which elman.set_num_threads
+    controls), through threadpoolctl. On a busy machine an idle-spinning second BLAS thread
+    can slow NumPy's matrix products by an order of magnitude."""
+    threadpoolctl = import_or_exit("threadpoolctl")
+    for lib in threadpoolctl.ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and "numpy" in str(lib.filepath):
+            lib.set_num_threads(n)
 
 
 def import_or_exit(module, hint=None):
@@ -73,55 +85,73 @@ def torch_setup():
     return torch
 
 
-def torch_fit(model, loss_fn, optimizer, data, *, batch_size, epochs=1, max_steps=None,
-              seed=None, clip_norm=None, evaluate=None, eval_every=None, desc="torch"):
-    """The loop of ``elman.fit`` for a torch.nn.Module: the same batches (same seed), the
-    same clipping (``clip_grad_norm_`` before the step), evaluation at the same steps, and
-    an ``elman.History`` back."""
-    torch = torch_setup()
-    history = elman.History()
-    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in data]
-    *inputs, target = tensors
-    n = len(tensors[0])
-    per_epoch = math.ceil(n / batch_size)
-    total = per_epoch * epochs if max_steps is None else min(max_steps, per_epoch * epochs)
-    bar = progress_bar(total, desc)
-    params = [p for p in model.parameters()]
+class TorchSide:
+    """The PyTorch twin of an elman training run for --compare-torch: a torch.nn.Module, its
+    loss, a torch optimizer, ``clip_norm`` (``clip_grad_norm_`` before each step, as elman's
+    SGD clips) and an ``evaluate() -> dict`` run under ``torch.no_grad()``."""
 
-    def run_eval(step):
-        if evaluate is not None and (not history.evals or history.evals[-1][0] != step):
-            with torch.no_grad():
-                history.evals.append((step, {k: float(v) for k, v in evaluate().items()}))
+    def __init__(self, model, loss_fn, optimizer, clip_norm=None, evaluate=None):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.clip_norm, self.evaluate = clip_norm, evaluate
+        self.history = elman.History()
 
-    step, last_epoch = 0, 0
-    for epoch, idx in elman.training.batch_indices(n, batch_size, epochs, True, seed):
-        if step == total:
-            break
-        if epoch != last_epoch and eval_every is None:
-            run_eval(step)
-        last_epoch = epoch
+    def start(self, data, batch_size, epochs, seed):
+        torch = torch_setup()
+        self.torch = torch
+        self.tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in data]
+        self.batches = elman.training.batch_indices(len(data[0]), batch_size, epochs, True, seed)
+        self.params = list(self.model.parameters())
+
+    def step(self):
+        """One step on the next batch (the batch elman.fit just used); times only the step."""
+        torch, hist = self.torch, self.history
+        _, idx = next(self.batches)
+        if hist.diverged_at is not None:
+            return
+        *inputs, target = (a[torch.from_numpy(idx)] for a in self.tensors)
         t0 = time.perf_counter()
-        idx_t = torch.from_numpy(idx)
-        optimizer.zero_grad()
-        loss = loss_fn(model(*(a[idx_t] for a in inputs)), target[idx_t])
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.model(*inputs), target)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm else math.inf)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm or math.inf)
         if not (math.isfinite(loss.item()) and math.isfinite(norm.item())):
-            history.diverged_at = step
-            break
-        optimizer.step()
-        history.seconds += time.perf_counter() - t0
-        history.loss.append(loss.item())
-        history.grad_norm.append(norm.item())
-        step += 1
-        if bar is not None:
-            bar.update(1)
-        if eval_every is not None and step % eval_every == 0:
-            run_eval(step)
-    run_eval(step)
-    if bar is not None:
-        bar.close()
-    return history
+            hist.diverged_at = hist.steps
+            return
+        self.optimizer.step()
+        hist.seconds += time.perf_counter() - t0
+        hist.loss.append(loss.item())
+        hist.grad_norm.append(norm.item())
+
+    def run_eval(self):
+        if self.evaluate is not None:
+            with self.torch.no_grad():
+                self.history.evals.append((self.history.steps, {
+                    k: float(v) for k, v in self.evaluate().items()}))
+
+
+def fit_both(model, loss_fn, optimizer, data, torch_side=None, *, batch_size, epochs=1,
+             seed=None, evaluate=None, on_step=None, **fit_kwargs):
+    """``elman.fit``, and with ``torch_side`` the same model in PyTorch trained in lockstep:
+    after every elman step one torch step on the same batch, evaluations at the same steps.
+    Interleaving step by step means both see the same machine load, so their times compare
+    even on a busy machine. Returns ``(elman History, torch History or None)``."""
+    if torch_side is None:
+        return elman.fit(model, loss_fn, optimizer, data, batch_size=batch_size, epochs=epochs,
+                         seed=seed, evaluate=evaluate, on_step=on_step, **fit_kwargs), None
+    torch_side.start(data, batch_size, epochs, seed)
+
+    def step_both(step, loss, norm):
+        torch_side.step()
+        if on_step is not None:
+            on_step(step, loss, norm)
+
+    def evaluate_both():
+        torch_side.run_eval()
+        return evaluate() if evaluate is not None else {}
+
+    hist = elman.fit(model, loss_fn, optimizer, data, batch_size=batch_size, epochs=epochs,
+                     seed=seed, evaluate=evaluate_both, on_step=step_both, **fit_kwargs)
+    return hist, torch_side.history
 
 
 def progress_bar(total, desc):

@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 import elman
-from _common import (parse_args, plot_learning_curves, pyplot, report, save_figure,
-                     torch_fit, torch_setup)
+from _common import (TorchSide, fit_both, parse_args, plot_learning_curves, pyplot, report,
+                     save_figure, torch_setup)
 
 SEQ = 64                # characters per training sequence (BPTT length)
 LOG2E = 1.0 / np.log(2.0)
@@ -129,30 +129,28 @@ def main():
           f"{len(train)} training / {len(val)} validation sequences of {SEQ}")
 
     model = CharRNN(V, 32, args.hidden, args.seed)
-    tm = torch_model(model) if args.compare_torch else None
     ce = elman.CrossEntropyLoss()
 
     def bits(logits):                                    # validation bits per character
         return {"validation bits/char": ce(logits, val[:, 1:]) * LOG2E}
 
-    opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
-    hist = elman.fit(model, elman.CrossEntropyLoss(), opt, (train[:, :-1], train[:, 1:]),
-                     batch_size=batch_size, epochs=epochs, seed=args.seed,
-                     evaluate=lambda: bits(model.predict(val[:, :-1])), desc="elman")
-    runs = {"elman": (hist, hist.last("validation bits/char"))}
-    histories = {"elman": hist}
-    if args.compare_torch:
+    twin = None
+    if args.compare_torch:                      # the same network, from the same weights
         torch = torch_setup()
+        tm = torch_model(model)
         torch_ce = torch.nn.CrossEntropyLoss()
         val_t = torch.from_numpy(val[:, :-1])
-        th = torch_fit(tm, lambda logits, target: torch_ce(logits.reshape(-1, V),
-                                                           target.reshape(-1)),
-                       torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
-                       (train[:, :-1], train[:, 1:]), batch_size=batch_size, epochs=epochs,
-                       seed=args.seed, clip_norm=clip,
-                       evaluate=lambda: bits(tm(val_t).numpy()), desc="torch")
-        runs["torch.nn.RNN"] = (th, th.last("validation bits/char"))
-        histories["torch.nn.RNN"] = th
+        twin = TorchSide(tm, lambda logits, target: torch_ce(logits.reshape(-1, V),
+                                                             target.reshape(-1)),
+                         torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
+                         clip_norm=clip, evaluate=lambda: bits(tm(val_t).numpy()))
+
+    opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
+    hist, th = fit_both(model, elman.CrossEntropyLoss(), opt, (train[:, :-1], train[:, 1:]),
+                        twin, batch_size=batch_size, epochs=epochs, seed=args.seed,
+                        evaluate=lambda: bits(model.predict(val[:, :-1])))
+    histories = {"elman": hist} if th is None else {"elman": hist, "torch.nn.RNN": th}
+    runs = {k: (h, h.last("validation bits/char")) for k, h in histories.items()}
 
     unigram = ngram_bits(ids[:split], ids[split:], V, 1)
     bigram = ngram_bits(ids[:split], ids[split:], V, 2)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import elman
-from _common import parse_args, pyplot, report, save_figure, torch_fit, torch_setup
+from _common import TorchSide, fit_both, parse_args, pyplot, report, save_figure, torch_setup
 
 CLASSES, DISTRACTORS = 4, 4     # first symbol: one of 4 classes; then 4 kinds of noise symbol
 LENGTHS = (10, 30, 100)
@@ -91,7 +91,6 @@ def train_one(T, clip, args, steps, lr):
     x, y = first_symbol_task(T, 2048, rng)
     x_test, y_test = first_symbol_task(T, 1024, rng)
     model = Remember(32, args.seed)
-    tm = torch_model(model) if args.compare_torch else None
     ratios = []
 
     def record(step, loss, norm):        # how much of the gradient reaches the first step
@@ -101,26 +100,25 @@ def train_one(T, clip, args, steps, lr):
     def accuracy(logits):
         return {"test accuracy": float(np.mean(logits.argmax(-1) == y_test))}
 
+    twin = None
+    if args.compare_torch:                      # the same network, from the same weights
+        torch = torch_setup()
+        tm = torch_model(model)
+        xt = torch.from_numpy(x_test)
+        twin = TorchSide(tm, torch.nn.CrossEntropyLoss(),
+                         torch.optim.SGD(tm.parameters(), lr=lr, momentum=0.9),
+                         clip_norm=clip, evaluate=lambda: accuracy(tm(xt).numpy()))
+
     batch_size = 32
     epochs = -(-steps * batch_size // len(x))
     opt = elman.SGD(model.parameters(), lr=lr, momentum=0.9, clip_norm=clip,
                     error_if_nonfinite=False)
-    hist = elman.fit(model, elman.CrossEntropyLoss(), opt, (x, y), batch_size=batch_size,
-                     epochs=epochs, max_steps=steps, seed=args.seed, on_step=record,
-                     evaluate=lambda: accuracy(model.predict(x_test)), eval_every=steps // 10,
-                     desc=f"elman T={T} clip={clip}")
+    hist, th = fit_both(model, elman.CrossEntropyLoss(), opt, (x, y), twin,
+                        batch_size=batch_size, epochs=epochs, max_steps=steps, seed=args.seed,
+                        on_step=record, evaluate=lambda: accuracy(model.predict(x_test)),
+                        eval_every=steps // 10, desc=f"T={T} clip={clip}")
     hist.first_step_ratio = np.array(ratios)
-    out = {"elman": hist}
-    if tm is not None:
-        torch = torch_setup()
-        xt = torch.from_numpy(x_test)
-        out["torch.nn.RNN"] = torch_fit(
-            tm, torch.nn.CrossEntropyLoss(), torch.optim.SGD(tm.parameters(), lr=lr,
-                                                             momentum=0.9),
-            (x, y), batch_size=batch_size, epochs=epochs, max_steps=steps, seed=args.seed,
-            clip_norm=clip, evaluate=lambda: accuracy(tm(xt).numpy()), eval_every=steps // 10,
-            desc=f"torch T={T} clip={clip}")
-    return out
+    return {"elman": hist} if th is None else {"elman": hist, "torch.nn.RNN": th}
 
 
 def main():

@@ -13,8 +13,8 @@ import time
 import numpy as np
 
 import elman
-from _common import (import_or_exit, package_file, parse_args, plot_learning_curves, pyplot,
-                     report, save_figure, torch_fit, torch_setup)
+from _common import (TorchSide, fit_both, import_or_exit, package_file, parse_args,
+                     plot_learning_curves, pyplot, report, save_figure, torch_setup)
 
 MAX_WORDS = 40          # longer tweets are cut (the longest in the corpus has 36 words)
 PAD, UNK = 0, 1         # token ids: padding (Embedding's padding_idx) and out-of-vocabulary
@@ -149,31 +149,25 @@ def main():
           f"({y_train.mean():.0%} positive), vocabulary {V} words, up to {MAX_WORDS} words")
 
     model = SentimentRNN(V, 64, args.hidden, seed=args.seed)
-    tm = torch_model(model) if args.compare_torch else None   # copies the initial weights
 
-    def accuracy():
-        return {"test accuracy": float(np.mean((model.predict(*test) > 0) == (y_test > 0.5)))}
+    def accuracy(logits):
+        return {"test accuracy": float(np.mean((logits > 0) == (y_test > 0.5)))}
+
+    twin = None
+    if args.compare_torch:                      # the same network, from the same weights
+        torch = torch_setup()
+        tm = torch_model(model)
+        test_t = [torch.from_numpy(a) for a in test]
+        twin = TorchSide(tm, torch.nn.BCEWithLogitsLoss(),
+                         torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
+                         clip_norm=clip, evaluate=lambda: accuracy(tm(*test_t).numpy()))
 
     opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
-    hist = elman.fit(model, elman.BCEWithLogitsLoss(), opt, (*train, y_train),
-                     batch_size=batch_size, epochs=epochs, seed=args.seed, evaluate=accuracy,
-                     desc="elman")
-    runs = {"elman": (hist, hist.last("test accuracy"))}
-    histories = {"elman": hist}
-
-    if args.compare_torch:
-        torch = torch_setup()
-        test_t = [torch.from_numpy(a) for a in test]
-
-        def torch_accuracy():
-            return {"test accuracy": float(np.mean((tm(*test_t).numpy() > 0) == (y_test > 0.5)))}
-
-        th = torch_fit(tm, torch.nn.BCEWithLogitsLoss(),
-                       torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
-                       (*train, y_train), batch_size=batch_size, epochs=epochs, seed=args.seed,
-                       clip_norm=clip, evaluate=torch_accuracy, desc="torch")
-        runs["torch.nn.RNN"] = (th, th.last("test accuracy"))
-        histories["torch.nn.RNN"] = th
+    hist, th = fit_both(model, elman.BCEWithLogitsLoss(), opt, (*train, y_train), twin,
+                        batch_size=batch_size, epochs=epochs, seed=args.seed,
+                        evaluate=lambda: accuracy(model.predict(*test)))
+    histories = {"elman": hist} if th is None else {"elman": hist, "torch.nn.RNN": th}
+    runs = {k: (h, h.last("test accuracy")) for k, h in histories.items()}
 
     majority = float(max(np.mean(y_test == 1), np.mean(y_test == 0)))
     bow = bag_of_words_accuracy(train, test, y_train, y_test, V)

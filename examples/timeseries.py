@@ -10,8 +10,8 @@ import time
 import numpy as np
 
 import elman
-from _common import (import_or_exit, parse_args, plot_learning_curves, pyplot, report,
-                     save_figure, torch_fit, torch_setup)
+from _common import (TorchSide, fit_both, import_or_exit, parse_args, plot_learning_curves,
+                     pyplot, report, save_figure, torch_setup)
 
 TEST_FRACTION = 0.2     # the last 20% of the series is never trained on
 
@@ -99,7 +99,6 @@ def main():
     batch_size, lr, momentum, clip = 16, 0.01, 0.9, 1.0
 
     model = Forecaster(args.hidden, args.seed)
-    tm = torch_model(model) if args.compare_torch else None
 
     # Evaluation: one pass over the whole series. Forecast i (i = 0 .. len(feat) - 2) is the
     # level at time i + 1 (+1 for co2), made from the level known at time i (+1 for co2).
@@ -118,24 +117,21 @@ def main():
     def evaluate(predict):
         return {"test RMSE": rmse(forecast(predict))}
 
-    hist = elman.fit(model, elman.MSELoss(), elman.SGD(model.parameters(), lr=lr,
-                     momentum=momentum, clip_norm=clip), (x_train, y_train),
-                     batch_size=batch_size, epochs=epochs, seed=args.seed,
-                     evaluate=lambda: evaluate(model.predict), eval_every=100, desc="elman")
-    runs = {"elman": (hist, hist.last("test RMSE"))}
-    histories = {"elman": hist}
-    if args.compare_torch:
+    twin = None
+    if args.compare_torch:                      # the same network, from the same weights
         torch = torch_setup()
+        tm = torch_model(model)
+        twin = TorchSide(tm, torch.nn.MSELoss(),
+                         torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
+                         clip_norm=clip,
+                         evaluate=lambda: evaluate(lambda x: tm(torch.from_numpy(x)).numpy()))
 
-        def torch_predict(x):
-            return tm(torch.from_numpy(x)).numpy()
-
-        th = torch_fit(tm, torch.nn.MSELoss(), torch.optim.SGD(tm.parameters(), lr=lr,
-                       momentum=momentum), (x_train, y_train), batch_size=batch_size,
-                       epochs=epochs, seed=args.seed, clip_norm=clip,
-                       evaluate=lambda: evaluate(torch_predict), eval_every=100, desc="torch")
-        runs["torch.nn.RNN"] = (th, th.last("test RMSE"))
-        histories["torch.nn.RNN"] = th
+    opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
+    hist, th = fit_both(model, elman.MSELoss(), opt, (x_train, y_train), twin,
+                        batch_size=batch_size, epochs=epochs, seed=args.seed,
+                        evaluate=lambda: evaluate(model.predict), eval_every=100)
+    histories = {"elman": hist} if th is None else {"elman": hist, "torch.nn.RNN": th}
+    runs = {k: (h, h.last("test RMSE")) for k, h in histories.items()}
 
     naive = rmse(known)                                    # next value = this value
     units = "sunspot number" if args.dataset == "sunspots" else "ppm CO2"

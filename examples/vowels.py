@@ -11,8 +11,8 @@ import time
 import numpy as np
 
 import elman
-from _common import (package_file, parse_args, plot_learning_curves, pyplot, report,
-                     save_figure, torch_fit, torch_setup)
+from _common import (TorchSide, fit_both, package_file, parse_args, plot_learning_curves,
+                     pyplot, report, save_figure, torch_setup)
 
 
 def load_ts(split):
@@ -113,27 +113,25 @@ def main():
           f"9 speakers, {direction} RNN")
 
     model = SpeakerRNN(args.hidden, args.bidirectional, args.seed)
-    tm = torch_model(model) if args.compare_torch else None
 
     def accuracy(logits):
         return {"test accuracy": float(np.mean(np.argmax(logits, axis=-1) == y_test))}
 
-    opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
-    hist = elman.fit(model, elman.CrossEntropyLoss(), opt, (*train, y_train),
-                     batch_size=batch_size, epochs=epochs, seed=args.seed,
-                     evaluate=lambda: accuracy(model.predict(*test)), desc="elman")
-    runs = {"elman": (hist, hist.last("test accuracy"))}
-    histories = {"elman": hist}
-    if args.compare_torch:
+    twin = None
+    if args.compare_torch:                      # the same network, from the same weights
         torch = torch_setup()
+        tm = torch_model(model)
         test_t = [torch.from_numpy(a) for a in test]
-        th = torch_fit(tm, torch.nn.CrossEntropyLoss(),
-                       torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
-                       (*train, y_train), batch_size=batch_size, epochs=epochs,
-                       seed=args.seed, clip_norm=clip,
-                       evaluate=lambda: accuracy(tm(*test_t).numpy()), desc="torch")
-        runs["torch.nn.RNN"] = (th, th.last("test accuracy"))
-        histories["torch.nn.RNN"] = th
+        twin = TorchSide(tm, torch.nn.CrossEntropyLoss(),
+                         torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
+                         clip_norm=clip, evaluate=lambda: accuracy(tm(*test_t).numpy()))
+
+    opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
+    hist, th = fit_both(model, elman.CrossEntropyLoss(), opt, (*train, y_train), twin,
+                        batch_size=batch_size, epochs=epochs, seed=args.seed,
+                        evaluate=lambda: accuracy(model.predict(*test)))
+    histories = {"elman": hist} if th is None else {"elman": hist, "torch.nn.RNN": th}
+    runs = {k: (h, h.last("test accuracy")) for k, h in histories.items()}
 
     # Baselines: the most frequent training speaker (all have 30, so the first), and the
     # nearest class centroid of each utterance's mean frame (ignores the order of frames).
