@@ -2,6 +2,8 @@
 evaluation schedule, divergence handling and argument errors; and `import elman` stays free
 of tqdm and matplotlib."""
 
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -171,3 +173,18 @@ def test_fit_runs_without_tqdm(monkeypatch):
     h = elman.fit(m, elman.CrossEntropyLoss(), elman.SGD(m.parameters(), lr=0.1), (x, y),
                   batch_size=25, progress=True)
     assert h.steps == 2
+
+
+def test_readme_fit_example_runs_and_learns():
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not next to the tests (installed-package run)")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+              if "elman.fit(" in b]
+    assert len(blocks) == 1
+    namespace = {}
+    exec(compile(blocks[0], "README.md fit example", "exec"), namespace)
+    h = namespace["history"]
+    assert h.steps == 30 * 32 and len(h.evals) == 30
+    # The task of the first README example, held to the same bar (accuracy >= 0.9).
+    assert h.last("accuracy") >= 0.9
