@@ -6,13 +6,14 @@ whole forward pass and the whole backpropagation through time of a layer.
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import functional, losses, reference
+from . import functional, losses, reference, training
 from ._backend import available as backends
 from .layers import (Embedding, Linear, Module, Parameter, RNN, RNNCell, is_grad_enabled,
                      no_grad)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, sigmoid, softmax
 from .optim import SGD, clip_grad_norm_, clip_grad_value_
 from ._threads import get_num_threads, set_num_threads
+from .training import History, fit
 
 try:
     __version__ = _version("elman")
@@ -23,6 +24,6 @@ __all__ = [
     "RNN", "RNNCell", "Linear", "Embedding", "Parameter", "Module", "no_grad", "is_grad_enabled",
     "MSELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "sigmoid", "softmax",
     "SGD", "clip_grad_norm_", "clip_grad_value_",
-    "backends", "set_num_threads", "get_num_threads",
-    "functional", "losses", "reference", "__version__",
+    "fit", "History", "backends", "set_num_threads", "get_num_threads",
+    "functional", "losses", "reference", "training", "__version__",
 ]
