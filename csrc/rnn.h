@@ -87,4 +87,12 @@ void rnn_forward_cpu(const RnnForwardArgs<scalar_t>& a);
 template <typename scalar_t>
 void rnn_backward_cpu(const RnnBackwardArgs<scalar_t>& a);
 
+// A dense product on elman's threads, for the layers around the recurrence (elman.Linear), so
+// that a model's every large product shares one thread pool:
+//   C [M, N] = op(A) op(B) + beta * C,  op(X) = X^T when trans_X; row-major with strides ld*.
+template <typename scalar_t>
+void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const scalar_t* A,
+                int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C,
+                int64_t ldc);
+
 }  // namespace elman

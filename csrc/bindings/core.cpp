@@ -356,6 +356,29 @@ PYBIND11_MODULE(_core, m) {
       "C = A @ B through the bundled BLAS (used by `elman bench` to measure the peak).");
 
   m.def(
+      "matmul",
+      [](py::handle A, py::handle B, py::handle C, bool trans_a, bool trans_b, double beta) {
+        py::array a = to_array(A, "A");
+        dispatch_dtype(a, "A", [&](auto tag) {
+          using T = decltype(tag);
+          py::array b = to_array(B, "B");
+          if (a.ndim() != 2) value_error("A must be 2-D, got shape " + shape_str(shape_of(a)));
+          if (b.ndim() != 2) value_error("B must be 2-D, got shape " + shape_str(shape_of(b)));
+          const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+          const int64_t N = trans_b ? b.shape(0) : b.shape(1);
+          std::vector<py::array> keep;
+          const T* pa = optional_input<T>(A, "A", shape_of(a), keep);
+          const T* pb = optional_input<T>(B, "B", trans_b ? std::vector<int64_t>{N, K} : std::vector<int64_t>{K, N}, keep);
+          T* pc = output<T>(C, "C", {M, N});
+          py::gil_scoped_release nogil;
+          matmul_cpu<T>(trans_a, trans_b, M, N, K, pa, a.shape(1), pb, trans_b ? K : N, T(beta), pc, N);
+        });
+      },
+      py::arg("A"), py::arg("B"), py::arg("C"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+      py::arg("beta") = 0.0,
+      "C = op(A) @ op(B) + beta * C on elman's threads (C: a C-contiguous output).");
+
+  m.def(
       "rnn_cell_step",
       [](py::handle x, py::handle h, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
          bool relu) -> py::object {

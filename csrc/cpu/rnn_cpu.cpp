@@ -430,6 +430,20 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   }
 }
 
+// ==================================================================================== matmul
+template <typename T>
+void matmul_cpu(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  const Gemm<T> g{ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc};
+  const int parts = gemm_parts(M, N, K, cpu::get_num_threads());
+  cpu::parallel(parts, [&](Team& team) { team.for_each(parts, [&](int64_t q) { g.run_part(int(q), parts); }); });
+}
+
+template void matmul_cpu<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,
+                                const float*, int64_t, float, float*, int64_t);
+template void matmul_cpu<double>(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t,
+                                 const double*, int64_t, double, double*, int64_t);
 template void rnn_forward_cpu<float>(const RnnForwardArgs<float>&);
 template void rnn_forward_cpu<double>(const RnnForwardArgs<double>&);
 template void rnn_backward_cpu<float>(const RnnBackwardArgs<float>&);

@@ -592,6 +592,28 @@ class RNNCell(Module):
 
 
 # ----------------------------------------------------------------------------- Linear
+def _matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
+    """op(a) @ op(b) (+ beta * out) on elman's own threads when the compiled kernels are
+    present, so a model's every large product shares one thread pool (NumPy's BLAS keeps its
+    own threads, which would compete with elman's for the cores); NumPy otherwise."""
+    core = _backend._core
+    M = a.shape[1] if trans_a else a.shape[0]
+    N = b.shape[0] if trans_b else b.shape[1]
+    if out is None:
+        out = np.empty((M, N), a.dtype)
+        beta = 0.0
+    if core is not None and out.flags.c_contiguous and out.flags.writeable:
+        core.matmul(a, b, out, trans_a, trans_b, beta)
+        return out
+    prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    if beta:
+        out += prod
+    else:
+        out[...] = prod
+    return out
+
+
+
 class Linear(Module):
     """y = x W^T + b over any leading shape (the output layer y_t = W_y h_t + b_y).
 
@@ -623,11 +645,12 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: input.shape[-1] must be in_features = {self.in_features}, "
                              f"got shape {x.shape}")
-        y = x @ self._params["weight"].data.T
+        x2 = x.reshape(-1, self.in_features)
+        y = _matmul(x2, self._params["weight"].data, trans_b=True)
         if self.bias is not None:
             y += self.bias.data
         self._ctx = x if is_grad_enabled() else None
-        return y
+        return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, grad_y):
         """Returns dL/dx; adds dL/dW and dL/db into the parameters' ``.grad``."""
@@ -636,10 +659,11 @@ class Linear(Module):
         F.check_shape(g, "grad_y", x.shape[:-1] + (self.out_features,))
         self._ctx = None
         g2 = g.reshape(-1, self.out_features)
-        self._params["weight"].grad += g2.T @ x.reshape(-1, self.in_features)
+        w = self._params["weight"]
+        _matmul(g2, x.reshape(-1, self.in_features), trans_a=True, out=w.grad, beta=1.0)
         if self.bias is not None:
             self.bias.grad += g2.sum(axis=0)
-        return g @ self._params["weight"].data
+        return _matmul(g2, w.data).reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------- Embedding

@@ -42,11 +42,18 @@ def _hyper(value, name, positive=False, optional=False):
 
 
 def grad_norm(params):
-    """Global L2 norm of all gradients, as a Python float, computed in float64 with scaling so
-    that finite gradients never overflow (a float32 sum of squares can)."""
-    grads = [p.grad for p in _param_list(params) if p.grad.size]
+    """Global L2 norm of all gradients, as a Python float. One BLAS dot product per gradient
+    in its own precision; only when that overflows (or underflows to 0 from nonzero values)
+    is the norm recomputed in float64 with scaling, so finite gradients never give inf."""
+    grads = [p.grad.reshape(-1) for p in _param_list(params) if p.grad.size]
     if not grads:
         return 0.0
+    sq = 0.0
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # handled below
+        for g in grads:
+            sq += float(np.dot(g, g))
+    if math.isfinite(sq) and (sq > 1e-30 or sq == 0.0 and not any(g.any() for g in grads)):
+        return math.sqrt(sq)
     m = max(float(np.max(np.abs(g))) for g in grads)
     if m == 0.0 or not math.isfinite(m):
         return m if not math.isnan(m) else float("nan")
