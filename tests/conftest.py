@@ -53,6 +53,22 @@ def backend(request):
     return request.param
 
 
+# Instruction-set levels of the CPU kernels that this CPU can run (baseline x86-64 always).
+ISA_LEVELS = ["baseline", "avx2", "avx512"]
+SUPPORTED_ISAS = (ISA_LEVELS[: ISA_LEVELS.index(elman._backend.core().info()["isa_supported"]) + 1]
+                  if elman._backend._core is not None else [])
+
+
+@pytest.fixture(params=SUPPORTED_ISAS)
+def isa(request):
+    """Runs the test once per supported level, switching the kernels to it."""
+    core = elman._backend.core()
+    previous = core.get_isa()
+    assert core.set_isa(request.param)
+    yield request.param
+    core.set_isa(previous)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

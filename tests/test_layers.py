@@ -200,19 +200,23 @@ def test_init_is_uniform_within_bound_and_seeded():
 
 
 # ----------------------------------------------------------------------------- finite differences
+def _numeric_grad(loss_fn, a):
+    """Central differences of the scalar loss_fn() w.r.t. the array a (perturbed in place)."""
+    num = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + EPS
+        up = loss_fn()
+        a[i] = old - EPS
+        down = loss_fn()
+        a[i] = old
+        num[i] = (up - down) / (2 * EPS)
+    return num
+
+
 def _fd_check(loss_fn, arrays, analytic, rtol=1e-6, atol=1e-8):
-    """Central differences of the scalar loss_fn() w.r.t. each array, in place."""
     for a, g in zip(arrays, analytic):
-        num = np.zeros_like(a)
-        for i in np.ndindex(a.shape):
-            old = a[i]
-            a[i] = old + EPS
-            up = loss_fn()
-            a[i] = old - EPS
-            down = loss_fn()
-            a[i] = old
-            num[i] = (up - down) / (2 * EPS)
-        np.testing.assert_allclose(g, num, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(g, _numeric_grad(loss_fn, a), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("bidir,act", [(False, "tanh"), (True, "relu"), (True, "tanh")])
@@ -297,15 +301,6 @@ def test_embedding_gradient_and_padding():
         if k != 0:
             expected[k] += g[i, j]
     np.testing.assert_allclose(emb.weight.grad, expected, rtol=1e-14)
-    w = emb.weight.data
-    num = np.zeros_like(w)
-    for i in np.ndindex(w.shape):
-        old = w[i]
-        w[i] = old + EPS
-        up = loss()
-        w[i] = old - EPS
-        down = loss()
-        w[i] = old
-        num[i] = (up - down) / (2 * EPS)
+    num = _numeric_grad(loss, emb.weight.data)
     num[0] = 0  # the padding row is never updated
     np.testing.assert_allclose(emb.weight.grad, num, rtol=1e-6, atol=1e-8)

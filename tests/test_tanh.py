@@ -6,16 +6,6 @@ import numpy as np
 import pytest
 
 core = pytest.importorskip("elman._core")
-LEVELS = ["baseline", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(core.info()["isa_supported"]) + 1]
-
-
-@pytest.fixture(params=SUPPORTED)
-def isa(request):
-    previous = core.get_isa()
-    assert core.set_isa(request.param)
-    yield request.param
-    core.set_isa(previous)
 
 
 def _ulps(y, x):

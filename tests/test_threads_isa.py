@@ -12,11 +12,9 @@ import pytest
 
 import elman
 from elman import functional as F, reference
-from conftest import assert_close, max_abs
+from conftest import SUPPORTED_ISAS, assert_close, max_abs
 
 core = pytest.importorskip("elman._core")
-LEVELS = ["baseline", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(core.info()["isa_supported"]) + 1]
 
 
 def _case(rng, T, B, I, H, dtype):
@@ -34,14 +32,6 @@ def _run(c, g, lengths=None, reverse=False, act="tanh"):
     r = F.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"], out, c["h0"], g, None, lengths, act,
                        reverse, backend="cpu")
     return [out, h_n] + [a for a in r if a is not None]
-
-
-@pytest.fixture(params=SUPPORTED)
-def isa(request):
-    previous = core.get_isa()
-    assert core.set_isa(request.param)
-    yield request.param
-    core.set_isa(previous)
 
 
 # Sizes that hit every SIMD tail (vector widths 4, 8, 16 floats / 2, 4, 8 doubles) and the
@@ -115,7 +105,7 @@ def test_elman_isa_environment_variable():
     assert out.stdout.strip() == "baseline", out.stderr
     env["ELMAN_ISA"] = "sse9"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == SUPPORTED[-1]
+    assert out.stdout.strip() == SUPPORTED_ISAS[-1]
     assert "ELMAN_ISA='sse9' is not one of" in out.stderr
 
 

@@ -53,6 +53,25 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
+// W_hh's column panels for this ISA, room for the packed copy (filled inside the parallel
+// region), and a row of zeros (the state of a sequence without a predecessor).
+template <typename T>
+struct PanelLayout {
+  std::vector<Panel> panels;
+  int64_t npanels;
+  Scratch<T> Wp, zeros;
+  PanelLayout(const cpu::Kernels<T>& K, int64_t H)
+      : panels(plan(K, H)), npanels(int64_t(panels.size())),
+        Wp((panels.back().offset + int64_t(panels.back().nv) * K.width) * H), zeros(H) {
+    std::fill(zeros.p, zeros.p + H, T(0));
+  }
+  static std::vector<Panel> plan(const cpu::Kernels<T>& K, int64_t H) {
+    std::vector<Panel> p(K.plan_panels(H, nullptr));
+    K.plan_panels(H, p.data());
+    return p;
+  }
+};
+
 // [lo, hi) of part q when n items are split into P near-equal contiguous parts.
 inline void part_range(int64_t n, int P, int q, int64_t* lo, int64_t* hi) {
   *lo = n * q / P;
@@ -130,15 +149,14 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
   const int threads = cpu::get_num_threads();
   const bool uniform = all_full(sh);
 
-  const int64_t npanels = K.plan_panels(H, nullptr);
-  std::vector<Panel> panels(npanels);
-  K.plan_panels(H, panels.data());
-  const int64_t packed_cols = panels.back().offset + int64_t(panels.back().nv) * K.width;
-  Scratch<T> Wp(packed_cols * H), bias(H), zeros(H);
-  for (int64_t j = 0; j < H; ++j) {
+  const PanelLayout<T> pl(K, H);
+  const auto& panels = pl.panels;
+  const int64_t npanels = pl.npanels;
+  const Scratch<T>& Wp = pl.Wp;
+  const Scratch<T>& zeros = pl.zeros;
+  Scratch<T> bias(H);
+  for (int64_t j = 0; j < H; ++j)
     bias.p[j] = (a.w.b_ih ? a.w.b_ih[j] : T(0)) + (a.w.b_hh ? a.w.b_hh[j] : T(0));
-    zeros.p[j] = T(0);
-  }
   const RecurrencePlan rp = plan_recurrence(B, H, npanels, threads);
   const Gemm<T> proj{false, true, nT * B, H, I, a.x, I, a.w.W_ih, I, T(0), a.out, ld};
   const int gp = gemm_parts(nT * B, H, I, threads);
@@ -238,12 +256,12 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   const bool uniform = all_full(sh);
   T* dz = a.dz;  // [T, B, H], indexed by time
 
-  const int64_t npanels = K.plan_panels(H, nullptr);
-  std::vector<Panel> panels(npanels);
-  K.plan_panels(H, panels.data());
-  const int64_t packed_cols = panels.back().offset + int64_t(panels.back().nv) * K.width;
-  Scratch<T> Wp(packed_cols * H), zeros(H), first(uniform ? 1 : B * H);
-  std::fill(zeros.p, zeros.p + H, T(0));
+  const PanelLayout<T> pl(K, H);
+  const auto& panels = pl.panels;
+  const int64_t npanels = pl.npanels;
+  const Scratch<T>& Wp = pl.Wp;
+  const Scratch<T>& zeros = pl.zeros;
+  Scratch<T> first(uniform ? 1 : B * H);
   const RecurrencePlan rp = plan_recurrence(B, H, npanels, threads);
   Scratch<double> sumsq(a.grad_norms ? rp.parts * nT : 1);
   if (a.grad_norms) std::fill(sumsq.p, sumsq.p + rp.parts * nT, 0.0);

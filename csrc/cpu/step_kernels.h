@@ -239,26 +239,33 @@ ELMAN_VINLINE void store_zeros(T* p, int64_t n) {
   for (int64_t j = 0; j < n; ++j) p[j] = T(0);
 }
 
+// The recurrent product of one tile: rows rb..rb+M-1 of A (per-row pointers, else uniform rows
+// at stride ld; a missing row is a zero state) times one packed panel of W.
+template <typename T, int M, int NV, typename Step>
+ELMAN_VINLINE void tile_product(const T* const* rows, const T* uniform, int64_t ld, int64_t rb,
+                                const Step& s, const Panel& pn, Vec<T> (&acc)[M][NV]) {
+  const T* a[M];
+  bool any = false;
+  for (int r = 0; r < M; ++r) {
+    a[r] = rows ? rows[rb + r] : (uniform ? uniform + (rb + r) * ld : nullptr);
+    any = any || a[r];
+  }
+  if (!any) {
+    for (int r = 0; r < M; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>::zero();
+    return;
+  }
+  for (int r = 0; r < M; ++r)
+    if (!a[r]) a[r] = s.zeros;
+  accumulate<T, M, NV>(s.H, a, s.Wp + pn.offset * s.H, acc);
+}
+
 template <typename T, Activation A, int NV, int M>
 void fwd_tile(const FwdStep<T>& s, const Panel& pn, int64_t rb) {
   using V = Vec<T>;
   constexpr int W = V::W;
-  const T* a[M];
-  bool any = false;
-  for (int r = 0; r < M; ++r) {
-    const int64_t b = rb + r;
-    a[r] = s.prev_rows ? s.prev_rows[b] : (s.prev ? s.prev + b * s.ld_prev : nullptr);
-    any = any || a[r];
-  }
   V acc[M][NV];
-  if (any) {
-    for (int r = 0; r < M; ++r)
-      if (!a[r]) a[r] = s.zeros;
-    accumulate<T, M, NV>(s.H, a, s.Wp + pn.offset * s.H, acc);
-  } else {
-    for (int r = 0; r < M; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
-  }
+  tile_product<T, M, NV>(s.prev_rows, s.prev, s.ld_prev, rb, s, pn, acc);
   const int64_t ncol = imin<int64_t>(int64_t(NV) * W, s.H - pn.col);
   for (int r = 0; r < M; ++r) {
     const int64_t b = rb + r;
@@ -279,22 +286,8 @@ template <typename T, Activation A, int NV, int M>
 void bwd_tile(const BwdStep<T>& s, const Panel& pn, int64_t rb) {
   using V = Vec<T>;
   constexpr int W = V::W;
-  const T* a[M];
-  bool any = false;
-  for (int r = 0; r < M; ++r) {
-    const int64_t b = rb + r;
-    a[r] = s.dzn_rows ? s.dzn_rows[b] : (s.dzn ? s.dzn + b * s.ld_dzn : nullptr);
-    any = any || a[r];
-  }
   V acc[M][NV];
-  if (any) {
-    for (int r = 0; r < M; ++r)
-      if (!a[r]) a[r] = s.zeros;
-    accumulate<T, M, NV>(s.H, a, s.Wp + pn.offset * s.H, acc);
-  } else {
-    for (int r = 0; r < M; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
-  }
+  tile_product<T, M, NV>(s.dzn_rows, s.dzn, s.ld_dzn, rb, s, pn, acc);
   const int64_t ncol = imin<int64_t>(int64_t(NV) * W, s.H - pn.col);
   DoubleAcc sq[2] = {dacc_zero(), dacc_zero()};
   for (int r = 0; r < M; ++r) {
