@@ -1,7 +1,9 @@
 """Inspects a built elman wheel: platform tag, the shared libraries it bundles, its size, and
 that no code outside the AVX2 / AVX-512 kernel namespaces uses AVX registers (so that the
 wheel runs on any x86-64; the kernels for higher levels are only reached through runtime
-dispatch). Usage: python tools/check_wheel.py WHEEL [--max-mb N]. Needs objdump (binutils).
+dispatch). Usage: python tools/check_wheel.py WHEEL [--sdist SDIST] [--max-mb N]. Needs objdump (binutils).
+With --sdist, also checks that the source distribution holds what a build needs and no build
+products, wheels or repository tooling.
 """
 
 import argparse
@@ -42,13 +44,29 @@ def check_isa(so_path):
     return sorted(offenders), counts
 
 
+SDIST_NEEDS = ("CMakeLists.txt", "pyproject.toml", "README.md", "csrc/rnn.h",
+               "csrc/bindings/core.cpp", "python/elman/__init__.py", "bench/shapes.json")
+SDIST_FORBIDDEN = re.compile(r"(^|/)(build|dist|wheelhouse|\.ci|examples|tools|__pycache__)/|\.(so|whl|o|a)$")
+
+
+def check_sdist(path):
+    import tarfile
+    with tarfile.open(path) as tar:
+        names = [n.split("/", 1)[1] for n in tar.getnames() if "/" in n]
+    problems = [f"sdist lacks {n}" for n in SDIST_NEEDS if n not in names]
+    problems += [f"sdist holds {n}" for n in names if SDIST_FORBIDDEN.search(n)]
+    print(f"sdist: {pathlib.Path(path).name}, {len(names)} files")
+    return problems
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("wheel")
     parser.add_argument("--max-mb", type=float, default=16.0)
+    parser.add_argument("--sdist")
     args = parser.parse_args()
     wheel = pathlib.Path(args.wheel)
-    problems = []
+    problems = check_sdist(args.sdist) if args.sdist else []
     if "manylinux" not in wheel.name:
         problems.append(f"not a manylinux wheel: {wheel.name}")
     size_mb = wheel.stat().st_size / 2**20
