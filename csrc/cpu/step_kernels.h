@@ -367,7 +367,7 @@ void fwd_steps_one_vector(const FwdStep<T>& s, int64_t n, int64_t out_stride, in
   const T* Wp = s.Wp;  // one panel: row k at Wp + k * W (zeros past H)
   const V bias = V::load_first(s.bias, H);
   V h = s.prev ? V::load_first(s.prev + b * s.ld_prev, H) : V::zero();
-  alignas(64) T hb[W];
+  alignas(64) T hb[W < 4 ? 4 : W] = {};  // at least 4, the unroll of the loop below
   T* o = s.out + b * s.ld_out;
   for (int64_t i = 0; i < n; ++i, o += out_stride) {
     h.store(hb);
