@@ -10,7 +10,9 @@
 #if defined(__CUDACC__)
 #define ELMAN_BODY __device__ __forceinline__
 #define ELMAN_UNROLL _Pragma("unroll")
+#define ELMAN_INDEX __host__ __device__ inline  // index helpers the host-side plan uses too
 #else
+#define ELMAN_INDEX inline
 #define ELMAN_UNROLL
 #include <cmath>
 #define ELMAN_BODY inline
@@ -217,7 +219,10 @@ template <typename T>
 ELMAN_BODY void gemm_epilogue_phase(const GemmArgs<T>& a, int64_t m0, int64_t n0, int64_t split,
                                     int tid, const T (&acc)[kTM][kTN][kLanes]) {
   const int ty = tid / (kBN / kTN), tx = tid % (kBN / kTN);
+  // Fully unrolled, here and wherever acc is indexed, so that acc lives in registers.
+ELMAN_UNROLL
   for (int i = 0; i < kTM; ++i)
+ELMAN_UNROLL
     for (int j = 0; j < kTN; ++j) {
       const int64_t m = m0 + ty + i * (kBM / kTM), n = n0 + tx + j * (kBN / kTN);
       if (m >= a.M || n >= a.N) continue;
@@ -239,8 +244,11 @@ ELMAN_BODY void gemm_block(const GemmArgs<T>& a, Ctx& c) {
   const int64_t k_begin = split * a.kchunk;
   const int64_t k_end = k_begin + a.kchunk < a.K ? k_begin + a.kchunk : a.K;
   T acc[kTM][kTN][kLanes];
+ELMAN_UNROLL
   for (int i = 0; i < kTM; ++i)
+ELMAN_UNROLL
     for (int j = 0; j < kTN; ++j)
+ELMAN_UNROLL
       for (int l = 0; l < kLanes; ++l) acc[i][j][l] = T(0);
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kBK) {
     gemm_load_phase(a, m0, n0, k0, c.tid(), s);
@@ -261,12 +269,12 @@ ELMAN_BODY void splitk_finish_element(const GemmArgs<T>& a, int64_t idx) {
   store_element(a, idx / a.N, idx % a.N, sum);
 }
 
-ELMAN_BODY int64_t time_of(const RnnShape& sh, int64_t s) { return sh.reverse ? sh.T - 1 - s : s; }
-ELMAN_BODY bool valid_at(const RnnShape& sh, int64_t t, int64_t b) {
+ELMAN_INDEX int64_t time_of(const RnnShape& sh, int64_t s) { return sh.reverse ? sh.T - 1 - s : s; }
+ELMAN_INDEX bool valid_at(const RnnShape& sh, int64_t t, int64_t b) {
   return !sh.lengths || t < sh.lengths[b];
 }
 // Processing step of time t (its inverse): the step before t in processing order is s - 1.
-ELMAN_BODY int64_t step_of(const RnnShape& sh, int64_t t) { return sh.reverse ? sh.T - 1 - t : t; }
+ELMAN_INDEX int64_t step_of(const RnnShape& sh, int64_t t) { return sh.reverse ? sh.T - 1 - t : t; }
 
 // Element k of the state the forward step at time t starts from: the previous processed step's
 // output when that step is valid for b, else h0 (or 0).
@@ -340,7 +348,7 @@ struct PersistentPlan {
   int64_t ldw = 0;    // shared-memory row stride of the matrix slice (odd: no bank conflicts)
   bool grid_sync = false;
 };
-ELMAN_BODY int64_t persistent_smem_elems(const PersistentPlan& p, int64_t H) {
+ELMAN_INDEX int64_t persistent_smem_elems(const PersistentPlan& p, int64_t H) {
   return p.rows * p.ldw + p.nb * H;
 }
 
@@ -352,7 +360,9 @@ ELMAN_BODY T dot_lanes(const T* w, const T* v, int64_t H) {
   for (; k + kLanes <= H; k += kLanes)
 ELMAN_UNROLL
     for (int l = 0; l < kLanes; ++l) p[l] = fma_(w[k + l], v[k + l], p[l]);
-  for (int l = 0; k < H; ++k, ++l) p[l] = fma_(w[k], v[k], p[l]);
+ELMAN_UNROLL
+  for (int l = 0; l < kLanes; ++l)
+    if (k + l < H) p[l] = fma_(w[k + l], v[k + l], p[l]);
   return combine_lanes(p);
 }
 
