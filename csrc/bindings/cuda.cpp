@@ -125,6 +125,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_name", &cuda::device_name);
   m.def("runtime_version", &cuda::runtime_version);
   m.def("driver_version", &cuda::driver_version);
+  m.def("set_device", &cuda::set_device);
+  m.def("pointer_device", [](uintptr_t p) { return cuda::pointer_device(reinterpret_cast<const void*>(p)); });
   m.def("synchronize", [](uintptr_t s) {
     py::gil_scoped_release nogil;
     cuda::synchronize(reinterpret_cast<void*>(s));

@@ -271,6 +271,14 @@ int driver_version() {
   return v;
 }
 void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+int pointer_device(const void* p) {
+  cudaPointerAttributes a;
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? a.device : -1;
+}
 void* malloc_device(size_t bytes) {
   void* p = nullptr;
   check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");

@@ -13,6 +13,8 @@ std::string device_name(int device);
 int runtime_version();  // e.g. 13000
 int driver_version();   // 0 when no driver is installed
 void set_device(int device);
+// The device that owns a device (or managed) pointer; -1 for host or unknown memory.
+int pointer_device(const void* p);
 
 void* malloc_device(size_t bytes);        // throws std::runtime_error when it fails
 void free_device(void* p) noexcept;
