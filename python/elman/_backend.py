@@ -33,6 +33,8 @@ def cuda_status():
             _cuda_state = (False, _cuda_error)
         else:
             n, why = _cuda.status()  # the first CUDA call: loads the driver, if there is one
+            if n == 0 and _cuda.driver_version() == 0:
+                why = f"no NVIDIA GPU driver found; {why}"
             _cuda_state = (n > 0, f"{n} CUDA device(s)" if n else f"no usable CUDA device ({why})")
     return _cuda_state
 
