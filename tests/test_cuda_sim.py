@@ -114,7 +114,8 @@ def test_tier_two_uses_several_blocks():
     (512, 8, "float32", 132, 227 * 1024, False, 3),    # no cooperative launch: per-step products
     (4096, 8, "float32", 132, 227 * 1024, True, 3),    # too big for the SMs' shared memory
     (1024, 256, "float32", 132, 227 * 1024, True, 3),  # the batch's states do not fit
-    (128, 8, "float32", 40, 64 * 1024, True, 1),       # T4-like (sm_75)
+    (96, 8, "float32", 40, 64 * 1024, True, 1),        # T4-like (sm_75, 64 KiB per block)
+    (128, 8, "float32", 40, 64 * 1024, True, 2),
     (256, 8, "float32", 40, 64 * 1024, True, 2),
 ])
 def test_tier_choice_follows_the_device(H, B, dtype, sm, smem, coop, expected):
