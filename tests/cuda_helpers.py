@@ -30,7 +30,7 @@ def find_tool(name):
         return found
     candidates = [Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / name]
     purelib = Path(sysconfig.get_paths()["purelib"])
-    candidates += sorted(purelib.glob(f"nvidia/*/bin/{name}")) + sorted(purelib.glob(f"nvidia/cuda_*/bin/{name}"))
+    candidates += sorted(purelib.glob(f"nvidia/*/bin/{name}"))
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return str(c)

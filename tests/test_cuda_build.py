@@ -98,7 +98,8 @@ def test_ptxas_reports_no_spills(tmp_path):
     log = _run([nvcc, "-std=c++17", "-O3", "--fmad=false", "-Xptxas", "-v", *gencode, "-c",
                 str(src), "-o", str(tmp_path / "k.o")])
     entries = re.findall(r"Compiling entry function '(\S+)' for '(sm_\d+)'\s*\n.*?"
-                         r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+                         r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                         r"(\d+) bytes spill loads",
                          log, re.S)
     assert len(entries) >= 18 * len(ARCHS)
     for name, arch, stack, stores, loads in entries:
@@ -118,8 +119,8 @@ def test_module_imports_and_says_whether_cuda_is_usable():
         assert _backend.cuda_status() == (False, _backend.cuda_status()[1])
         assert "cuda: not available: no usable CUDA device" in info.stdout
         with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
-            elman.functional.rnn_forward(np.zeros((1, 1, 1), np.float32), np.zeros((1, 1), np.float32),
-                                         np.zeros((1, 1), np.float32), backend="cuda")
+            z = np.zeros((1, 1), np.float32)
+            elman.functional.rnn_forward(np.zeros((1, 1, 1), np.float32), z, z, backend="cuda")
     else:
         assert "cuda" in elman.backends() and "cuda: available" in info.stdout
 
@@ -141,8 +142,8 @@ def _configure(tmp_path, value, env_extra):
     import pybind11
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin",
                **env_extra)
-    return subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "b"), f"-DELMAN_CUDA={value}",
-                           f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+    return subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "b"),
+                           f"-DELMAN_CUDA={value}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
                            f"-DPython_EXECUTABLE={sys.executable}"],
                           capture_output=True, text=True, env=env)
 

@@ -143,7 +143,8 @@ def test_split_k_is_fixed_by_the_shape_and_covers_k(M, N, K):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("trans_a,trans_b",
+                         [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("M,N,K", [(7, 5, 3), (65, 3, 2000), (3, 70, 5000), (130, 67, 33)])
 def test_tiled_product_matches_numpy(dtype, trans_a, trans_b, M, N, K):
     """C = op(A) op(B) + beta C over odd sizes, with and without split-K (K > 1024)."""

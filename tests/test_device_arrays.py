@@ -75,7 +75,8 @@ def test_stream_is_for_the_cuda_backend_only():
 
 def test_mixing_host_and_device_arrays_names_both():
     with pytest.raises(TypeError, match="x is a host array but weight_hh is a CUDA device array"):
-        _cuda_fn._Operands({"x": np.zeros((2, 1, 3), np.float32), "weight_hh": FakeCAI((4, 4))}, None)
+        _cuda_fn._Operands({"x": np.zeros((2, 1, 3), np.float32), "weight_hh": FakeCAI((4, 4))},
+                           None)
 
 
 def test_lengths_must_stay_on_the_host():

@@ -306,7 +306,10 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
         return (gx, gh0, *dW, norms)
 
     dev = ops.device
-    new = lambda shape, zero=False: _empty_like(x, shape, dtype, dev, zero)  # noqa: E731
+
+    def new(shape, zero=False):
+        return _empty_like(x, shape, dtype, dev, zero)
+
     dW = [g if g is not None else (new(s, True) if i < 2 or bias else None)
           for i, (g, s) in enumerate(zip(grads, shapes))]
     gx = grad_x if grad_x is not None else new((T, B, I))
@@ -314,7 +317,10 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     norms = _empty_like(x, (T,), np.float64, dev)
     if B == 0:
         return (gx, gh0, *dW, norms)
-    view = lambda a, n: None if a is None else _device.describe(a, n, cuda, ops.stream)  # noqa: E731
+
+    def view(a, n):
+        return None if a is None else _device.describe(a, n, cuda, ops.stream)
+
     dWv = [g if g is not None else view(d, n) for g, d, n in zip(ga, dW, names)]
     gxv = gxa if gxa is not None else view(gx, "grad_x")
     len_ptr, host_lengths = _lengths_ptr(lengths, T, B, ops, keep)
@@ -329,7 +335,8 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
                       _device_output(gxv, "grad_x"), bool(accumulate_grad_x),
                       _device_output(view(gh0, "grad_h0"), "grad_h0"),
                       *[_device_output(v, n) if v is not None else 0 for v, n in zip(dWv, names)],
-                      _device_output(view(norms, "grad_norms"), "grad_norms"), dev, ops.stream, tier)
+                      _device_output(view(norms, "grad_norms"), "grad_norms"), dev, ops.stream,
+                      tier)
     if host_lengths is not None:
         cuda.synchronize(ops.stream)
     return (gx, gh0, *dW, norms)

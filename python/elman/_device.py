@@ -88,7 +88,8 @@ def describe(a, name, cuda, stream):
             strides = [s // dtype.itemsize for s in d["strides"]]
         device = cuda.pointer_device(ptr) if ptr else None
         if ptr and device < 0:
-            raise ValueError(f"{name}: its __cuda_array_interface__ pointer is not CUDA device memory")
+            raise ValueError(f"{name}: its __cuda_array_interface__ pointer is not CUDA device "
+                             "memory")
         return DeviceView(ptr, shape, strides, dtype, device, d.get("stream"), bool(readonly), a)
     dev = _dlpack_device(a)
     if dev is None or dev[0] not in DLPACK_CUDA:
