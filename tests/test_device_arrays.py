@@ -105,3 +105,11 @@ def test_cuda_status_is_consistent_with_backends():
     usable, why = _backend.cuda_status()
     assert isinstance(why, str) and why
     assert ("cuda" in elman.backends()) == usable
+
+
+@pytest.mark.skipif(_backend._cuda is not None, reason="elman._cuda is built here "
+                                                       "(test_cuda_build.py covers that case)")
+def test_a_cpu_only_build_says_how_to_get_cuda():
+    assert _backend.cuda_status() == (False, "elman was built without CUDA support "
+                                             "(build it with ELMAN_CUDA=ON)")
+    assert "cuda" not in elman.backends()

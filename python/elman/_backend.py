@@ -16,8 +16,12 @@ try:  # built only with ELMAN_CUDA=ON (or AUTO where nvcc exists); never require
     from . import _cuda
     _cuda_error = None
 except ImportError as exc:
+    import importlib.util
     _cuda = None
-    _cuda_error = f"elman was built without CUDA support ({exc}); rebuild with ELMAN_CUDA=ON"
+    if importlib.util.find_spec(f"{__package__}._cuda") is None:
+        _cuda_error = "elman was built without CUDA support (build it with ELMAN_CUDA=ON)"
+    else:
+        _cuda_error = f"elman._cuda failed to import ({exc})"
 
 KNOWN = ("cpu", "cuda", "numpy")
 ISA_LEVELS = ("baseline", "avx2", "avx512")
