@@ -139,18 +139,23 @@ def test_dlpack_reader(dtype, code):
 
 
 def _configure(tmp_path, value, env_extra):
-    import pybind11
+    """CMake's configure step alone. The switch is decided before pybind11 and OpenBLAS are
+    looked for, so its messages come out even where those build requirements are absent."""
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin",
                **env_extra)
-    return subprocess.run(["cmake", "-S", str(ROOT), "-B", str(tmp_path / "b"),
-                           f"-DELMAN_CUDA={value}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-                           f"-DPython_EXECUTABLE={sys.executable}"],
-                          capture_output=True, text=True, env=env)
+    cmd = ["cmake", "-S", str(ROOT), "-B", str(tmp_path / "b"), f"-DELMAN_CUDA={value}",
+           f"-DPython_EXECUTABLE={sys.executable}"]
+    try:
+        import pybind11
+        cmd.append(f"-Dpybind11_DIR={pybind11.get_cmake_dir()}")
+    except ImportError:
+        pass
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 @pytest.mark.parametrize("value", ["ON", "AUTO"])
 def test_build_switch_without_a_cuda_compiler(tmp_path, value):
-    """ELMAN_CUDA=ON without nvcc stops the build with a clear message; AUTO builds without."""
+    """ELMAN_CUDA=ON without nvcc stops the build with a clear message; AUTO goes on without."""
     if not (ROOT / "CMakeLists.txt").exists():
         pytest.skip("no source tree here")
     r = _configure(tmp_path, value, {"CUDACXX": str(tmp_path / "no-nvcc-here")})
@@ -158,5 +163,5 @@ def test_build_switch_without_a_cuda_compiler(tmp_path, value):
         assert r.returncode != 0
         assert "ELMAN_CUDA=ON but CMake found no CUDA compiler" in r.stderr
     else:
-        assert r.returncode == 0, r.stderr
         assert "no CUDA compiler found; elman._cuda is not built" in r.stdout
+        assert "ELMAN_CUDA=ON but" not in r.stderr
