@@ -113,3 +113,34 @@ def test_a_cpu_only_build_says_how_to_get_cuda():
     assert _backend.cuda_status() == (False, "elman was built without CUDA support "
                                              "(build it with ELMAN_CUDA=ON)")
     assert "cuda" not in elman.backends()
+
+
+def test_layers_with_backend_cuda_reach_the_cuda_path(monkeypatch):
+    """elman.RNN(backend="cuda") calls the cuda entry points (never the reference silently).
+    No GPU here: the entry points are stood in for by recorders that run the cpu backend."""
+    if "cpu" not in elman.backends():
+        pytest.skip("needs the cpu backend to stand in")
+    calls = []
+
+    def forward(*args, **kw):
+        calls.append("forward")
+        return F.rnn_forward(*args, **kw, backend="cpu")
+
+    def backward(*args, **kw):
+        calls.append("backward")
+        return tuple(F.rnn_backward(*args, **kw, backend="cpu"))
+
+    monkeypatch.setattr(_backend, "_cuda_state", (True, "stand-in"))
+    monkeypatch.setattr(_cuda_fn, "rnn_forward", forward)
+    monkeypatch.setattr(_cuda_fn, "rnn_backward", backward)
+    x = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    lengths = [5, 2, 4]
+    results = {}
+    for backend in ("cuda", "cpu"):
+        rnn = elman.RNN(4, 6, num_layers=2, bidirectional=True, seed=1, backend=backend)
+        out, h_n = rnn(x, lengths=lengths)
+        grads = rnn.backward(np.ones_like(out), np.ones_like(h_n))
+        results[backend] = [out, h_n, *grads] + [p.grad for p in rnn.parameters()]
+    assert calls.count("forward") == 4 and calls.count("backward") == 4  # 2 layers x 2 directions
+    for a, b in zip(results["cuda"], results["cpu"]):
+        np.testing.assert_array_equal(a, b)

@@ -151,6 +151,10 @@ def forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths
     if backend == "cpu":
         _backend.core().rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
                                     nonlinearity, bool(reverse), out, h_n)
+    elif backend == "cuda":  # NumPy arrays, copied to the GPU and back (see _cuda_fn)
+        from . import _cuda_fn
+        h_n[...] = _cuda_fn.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                                        nonlinearity, reverse, out=out)[1]
     else:
         o, hn = reference.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
                                       nonlinearity, bool(reverse))
@@ -219,6 +223,14 @@ def backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n,
         _backend.core().rnn_backward(x, weight_ih, weight_hh, h0, out, grad_out, grad_h_n, lengths,
                                      nonlinearity, bool(reverse), grad_x, bool(accumulate_grad_x),
                                      grad_h0, dW_ih, dW_hh, db_ih, db_hh, grad_norms)
+        return
+    if backend == "cuda":
+        from . import _cuda_fn
+        r = _cuda_fn.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                                  nonlinearity, reverse, db_ih is not None, grads=grads,
+                                  grad_x=grad_x, accumulate_grad_x=accumulate_grad_x)
+        grad_h0[...] = r[1]
+        grad_norms[...] = r[6]
         return
     r = reference.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
                                nonlinearity, bool(reverse))
