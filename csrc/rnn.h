@@ -95,4 +95,17 @@ void matmul_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
                 int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta, scalar_t* C,
                 int64_t ldc);
 
+// The CUDA backend (csrc/cuda, built only when CMake finds nvcc). The same structs, with every
+// pointer (lengths included) in the memory of the current CUDA device; `dz` may be nullptr (the
+// backend then allocates its scratch). Work is queued on `stream` in order and may still run
+// when the call returns; errors are thrown as std::runtime_error.
+struct CudaLaunch {
+  void* stream = nullptr;  // a cudaStream_t; nullptr: the legacy default stream
+  int tier = 0;            // recurrence tier: 0 chooses from the device, 1 | 2 | 3 force one
+};
+template <typename scalar_t>
+void rnn_forward_cuda(const RnnForwardArgs<scalar_t>& a, const CudaLaunch& launch);
+template <typename scalar_t>
+void rnn_backward_cuda(const RnnBackwardArgs<scalar_t>& a, const CudaLaunch& launch);
+
 }  // namespace elman

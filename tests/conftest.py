@@ -76,3 +76,9 @@ def rng():
 
 def torch_or_skip():
     return pytest.importorskip("torch", reason="torch is not installed (parity tests need it)")
+
+
+def pytest_configure(config):
+    # Registered here rather than in pyproject.toml: CI also runs these tests outside the tree.
+    config.addinivalue_line("markers", "gpu: needs a CUDA device and elman._cuda (skipped "
+                                       "cleanly without them)")

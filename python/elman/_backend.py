@@ -1,7 +1,9 @@
-"""The one place that resolves ``backend=`` ("auto" | "cpu" | "numpy") to a backend name and
-holds the compiled module. Nothing here imports anything above it."""
+"""The one place that resolves ``backend=`` ("auto" | "cpu" | "cuda" | "numpy") to a backend name
+and holds the compiled modules. Nothing here imports anything above it."""
 
 import warnings
+
+from . import _device
 
 try:
     from . import _core
@@ -10,9 +12,35 @@ except ImportError as exc:  # a broken install; the numpy backend still works
     _core = None
     _core_error = exc
 
-KNOWN = ("cpu", "numpy")
+try:  # built only with ELMAN_CUDA=ON (or AUTO where nvcc exists); never required
+    from . import _cuda
+    _cuda_error = None
+except ImportError as exc:
+    import importlib.util
+    _cuda = None
+    if importlib.util.find_spec(f"{__package__}._cuda") is None:
+        _cuda_error = "elman was built without CUDA support (build it with ELMAN_CUDA=ON)"
+    else:
+        _cuda_error = f"elman._cuda failed to import ({exc})"
+
+KNOWN = ("cpu", "cuda", "numpy")
 ISA_LEVELS = ("baseline", "avx2", "avx512")
 _warned_fallback = False
+_cuda_state = None
+
+
+def cuda_status():
+    """``(usable, reason)``: whether the cuda backend can run here, and why (not)."""
+    global _cuda_state
+    if _cuda_state is None:
+        if _cuda is None:
+            _cuda_state = (False, _cuda_error)
+        else:
+            n, why = _cuda.status()  # the first CUDA call: loads the driver, if there is one
+            if n == 0 and _cuda.driver_version() == 0:
+                why = f"no NVIDIA GPU driver found; {why}"
+            _cuda_state = (n > 0, f"{n} CUDA device(s)" if n else f"no usable CUDA device ({why})")
+    return _cuda_state
 
 
 def _apply_isa_request():
@@ -34,30 +62,47 @@ _apply_isa_request()
 
 
 def available():
-    """The backends usable in this process, fastest first."""
-    return [b for b in KNOWN if b != "cpu" or _core is not None]
+    """The backends usable in this process, in the order ``"auto"`` prefers for host arrays
+    (``"auto"`` picks cuda for CUDA device arrays)."""
+    return [b for b in KNOWN
+            if (b != "cpu" or _core is not None) and (b != "cuda" or cuda_status()[0])]
 
 
-def resolve(backend):
-    """Map ``None`` / ``"auto"`` / a backend name to an available backend name."""
+def resolve(backend, *arrays, stream=None):
+    """Map ``None`` / ``"auto"`` / a backend name to an available backend name. ``arrays``: the
+    call's inputs, so that "auto" runs CUDA device arrays on the cuda backend."""
     global _warned_fallback
+    on_device = any(_device.is_device_array(a) for a in arrays)
     if backend is None or backend == "auto":
-        if _core is not None:
-            return "cpu"
-        if not _warned_fallback:
-            warnings.warn(f"elman's compiled kernels failed to import ({_core_error}); "
-                          "falling back to the slow NumPy reference backend", RuntimeWarning,
-                          stacklevel=3)
-            _warned_fallback = True
-        return "numpy"
-    if not isinstance(backend, str):
+        if on_device:
+            if not cuda_status()[0]:
+                raise RuntimeError("the inputs are CUDA device arrays but the cuda backend is not "
+                                   f"available: {cuda_status()[1]}")
+            backend = "cuda"
+        elif _core is not None:
+            backend = "cpu"
+        else:
+            if not _warned_fallback:
+                warnings.warn(f"elman's compiled kernels failed to import ({_core_error}); "
+                              "falling back to the slow NumPy reference backend", RuntimeWarning,
+                              stacklevel=3)
+                _warned_fallback = True
+            backend = "numpy"
+    elif not isinstance(backend, str):
         raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
-    if backend not in KNOWN:
+    elif backend not in KNOWN:
         raise ValueError(f"unknown backend {backend!r}; expected one of 'auto', "
                          + ", ".join(repr(b) for b in KNOWN))
-    if backend == "cpu" and _core is None:
+    elif backend == "cpu" and _core is None:
         raise RuntimeError(f"backend 'cpu' is not available: elman._core failed to import "
                            f"({_core_error})")
+    elif backend == "cuda" and not cuda_status()[0]:
+        raise RuntimeError(f"backend 'cuda' is not available: {cuda_status()[1]}")
+    if on_device and backend != "cuda":
+        raise TypeError(f"a CUDA device array was given to backend {backend!r}, which takes host "
+                        "(NumPy) arrays; use backend='cuda' or 'auto'")
+    if stream is not None and backend != "cuda":
+        raise ValueError(f"stream applies to backend 'cuda' only, got backend {backend!r}")
     return backend
 
 
@@ -66,3 +111,10 @@ def core():
     if _core is None:
         raise RuntimeError(f"elman._core failed to import ({_core_error})")
     return _core
+
+
+def cuda():
+    """The compiled CUDA module, or a RuntimeError saying why it is missing."""
+    if _cuda is None:
+        raise RuntimeError(_cuda_error)
+    return _cuda

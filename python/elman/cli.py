@@ -41,6 +41,7 @@ def _info(args):
     print(f"elman {__version__}")
     print(f"installed: {_install_kind()}")
     print(f"backends: {', '.join(_backend.available())}")
+    print(f"cuda: {_cuda_line()}")
     if _backend._core is None:
         print(f"compiled kernels: not available ({_backend._core_error})")
         return 0
@@ -56,6 +57,21 @@ def _info(args):
         print("  threadpoolctl sees: " + "; ".join(pools))
     print(f"numpy: {np.__version__}")
     return 0
+
+
+def _cuda_line():
+    """Whether the cuda backend is usable, and why not."""
+    usable, why = _backend.cuda_status()
+    if _backend._cuda is None:
+        return f"not available: {why}"
+    cuda = _backend.cuda()
+    rt = cuda.runtime_version()
+    built = f"built with CUDA runtime {rt // 1000}.{rt % 1000 // 10}"
+    if not usable:
+        return f"not available: {why} ({built})"
+    n = int(why.split()[0])
+    names = ", ".join(cuda.device_name(i) for i in range(n))
+    return f"available: {names} ({built})"
 
 
 def _parse_shape(text):

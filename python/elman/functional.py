@@ -110,15 +110,23 @@ def _optional(a, name, dtype, shape):
 
 # ----------------------------------------------------------------------------- forward
 def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, lengths=None,
-                nonlinearity="tanh", reverse=False, *, out=None, backend=None):
+                nonlinearity="tanh", reverse=False, *, out=None, backend=None, stream=None):
     """Fused forward of one layer in one direction.
 
     x (T, B, I), weight_ih (H, I), weight_hh (H, H), bias_ih / bias_hh (H,) or None,
     h0 (B, H) or None (zeros), lengths (B,) ints in [1, T] or None. ``out``: an optional
     preallocated (T, B, H) array to write into (a column slice of a (T, B, 2H) array is fine).
     Returns ``(out, h_n)``: out (T, B, H) with 0 past each sequence's length, h_n (B, H).
+    backend="cuda" (or "auto" given CUDA device arrays): NumPy arrays are copied to the GPU and
+    back; device arrays (torch, CuPy: ``__cuda_array_interface__`` or ``__dlpack__``) are used in
+    place and results come back on the same device. ``stream`` (cuda only): a cudaStream_t int or
+    a torch / CuPy stream (default: the legacy default stream).
     """
-    backend = _backend.resolve(backend)
+    backend = _backend.resolve(backend, x, weight_hh, h0, out, stream=stream)
+    if backend == "cuda":  # all arrays on the host or all on one device: see _cuda_fn
+        from . import _cuda_fn
+        return _cuda_fn.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                                    nonlinearity, reverse, out=out, stream=stream)
     x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype = _check_layer(
         x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
     h0 = _optional(h0, "h0", dtype, (B, H))
@@ -143,6 +151,10 @@ def forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths
     if backend == "cpu":
         _backend.core().rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
                                     nonlinearity, bool(reverse), out, h_n)
+    elif backend == "cuda":  # NumPy arrays, copied to the GPU and back (see _cuda_fn)
+        from . import _cuda_fn
+        h_n[...] = _cuda_fn.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                                        nonlinearity, reverse, out=out)[1]
     else:
         o, hn = reference.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
                                       nonlinearity, bool(reverse))
@@ -153,16 +165,21 @@ def forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths
 # ----------------------------------------------------------------------------- backward
 def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=None,
                  lengths=None, nonlinearity="tanh", reverse=False, bias=True, *, grads=None,
-                 grad_x=None, accumulate_grad_x=False, backend=None):
+                 grad_x=None, accumulate_grad_x=False, backend=None, stream=None):
     """Fused BPTT through one ``rnn_forward`` call (same x, weights, h0, lengths; its ``out``).
 
     grad_out (T, B, H) and grad_h_n (B, H) are dL/d out and dL/d h_n (None: zeros).
     ``grads``: optional (dW_ih, dW_hh, db_ih, db_hh) arrays to accumulate (+=) into, e.g. the
     parameters' ``.grad``; db_* are None when ``bias`` is False. ``grad_x``: optional (T, B, I)
     array to write (or, with ``accumulate_grad_x``, add) the input gradient into.
-    Returns :class:`RNNGrads`.
+    Returns :class:`RNNGrads`. ``backend`` and ``stream``: as :func:`rnn_forward`.
     """
-    backend = _backend.resolve(backend)
+    backend = _backend.resolve(backend, x, weight_hh, out, grad_out, stream=stream)
+    if backend == "cuda":
+        from . import _cuda_fn
+        return RNNGrads(*_cuda_fn.rnn_backward(
+            x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths, nonlinearity, reverse,
+            bias, grads=grads, grad_x=grad_x, accumulate_grad_x=accumulate_grad_x, stream=stream))
     x, weight_ih, weight_hh, _, _, T, B, I, H, dtype = _check_layer(
         x, weight_ih, weight_hh, None, None, nonlinearity)
     out = as_array(out, "out", dtype)
@@ -206,6 +223,14 @@ def backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n,
         _backend.core().rnn_backward(x, weight_ih, weight_hh, h0, out, grad_out, grad_h_n, lengths,
                                      nonlinearity, bool(reverse), grad_x, bool(accumulate_grad_x),
                                      grad_h0, dW_ih, dW_hh, db_ih, db_hh, grad_norms)
+        return
+    if backend == "cuda":
+        from . import _cuda_fn
+        r = _cuda_fn.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                                  nonlinearity, reverse, db_ih is not None, grads=grads,
+                                  grad_x=grad_x, accumulate_grad_x=accumulate_grad_x)
+        grad_h0[...] = r[1]
+        grad_norms[...] = r[6]
         return
     r = reference.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
                                nonlinearity, bool(reverse))

@@ -1,0 +1,28 @@
+// The few CUDA runtime services the binding needs (devices, memory, copies, streams), behind a
+// plain C++ interface so that the binding includes no CUDA header and nvcc never sees pybind11.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace elman {
+namespace cuda {
+
+// Number of usable devices; 0 with the reason in *why (no driver, no device, ...).
+int device_count(std::string* why);
+std::string device_name(int device);
+int runtime_version();  // e.g. 13000
+int driver_version();   // 0 when no driver is installed
+void set_device(int device);
+// The device that owns a device (or managed) pointer; -1 for host or unknown memory.
+int pointer_device(const void* p);
+
+void* malloc_device(size_t bytes);        // throws std::runtime_error when it fails
+void free_device(void* p) noexcept;
+void copy_to_device(void* dst, const void* src, size_t bytes, void* stream);
+void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
+void synchronize(void* stream);
+// Work queued on `waiter` after this call starts only when what was queued on `other` is done.
+void stream_wait(void* waiter, void* other);
+
+}  // namespace cuda
+}  // namespace elman
