@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -71,8 +72,14 @@ struct Pool {
     }
   }
 
+  // A thread that cannot be created (a process or container limit) is simply missing: regions
+  // never wait for workers, so fewer of them cost only parallelism, and nothing is thrown
+  // while a region is being opened.
   void start() {
-    for (int i = 1; i < nthreads; ++i) workers.emplace_back([this] { worker(); });
+    try {
+      for (int i = 1; i < nthreads; ++i) workers.emplace_back([this] { worker(); });
+    } catch (const std::system_error&) {
+    }
   }
 
   void shutdown() {
