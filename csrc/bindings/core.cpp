@@ -46,7 +46,7 @@ std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::
 int64_t checked_nbytes(const std::vector<int64_t>& shape, int64_t itemsize, const std::string& what) {
   int64_t n = itemsize;
   for (int64_t d : shape) {
-    if (d < 0) value_error(what + " has a negative size in " + shape_str(shape));
+    if (d < 0) value_error(what + " " + shape_str(shape) + " has a negative size");
     if (__builtin_mul_overflow(n, d, &n))
       memory_error(what + " " + shape_str(shape) + " needs more than 2^63 bytes");
   }
@@ -133,7 +133,13 @@ py::array input(py::handle obj, const char* name, const std::vector<int64_t>& sh
   check_dtype<T>(a, name);
   check_shape(a, name, shape);
   if (aligned_c_contiguous(a)) return a;
-  return py::module_::import("numpy").attr("array")(a, py::arg("order") = "C", py::arg("copy") = true);
+  checked_nbytes(shape, sizeof(T), std::string("a C-contiguous copy of ") + name);
+  try {
+    return py::module_::import("numpy").attr("array")(a, py::arg("order") = "C", py::arg("copy") = true);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;
+    memory_error(std::string("cannot allocate a C-contiguous copy of ") + name + " " + shape_str(shape));
+  }
 }
 template <typename T>
 const T* optional_input(py::handle obj, const char* name, const std::vector<int64_t>& shape,
@@ -159,6 +165,10 @@ T* output(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
 bool row_layout(const py::array& a, int64_t n, int64_t* ld) {
   const int64_t item = a.itemsize();
   const int64_t T = a.shape(0), B = a.shape(1);
+  if (T == 0 || B == 0) {  // no rows: any layout will do (NumPy gives such arrays odd strides)
+    *ld = n;
+    return true;
+  }
   if (n > 1 && a.strides(2) != item) return false;
   if (reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(item) != 0) return false;
   int64_t row;  // stride between consecutive rows (t, b) -> (t, b + 1), in elements
@@ -480,7 +490,8 @@ PYBIND11_MODULE(_core, m) {
         py::array xa = py::reinterpret_borrow<py::array>(x);
         py::array wi = py::reinterpret_borrow<py::array>(W_ih);
         py::array wh = py::reinterpret_borrow<py::array>(W_hh);
-        if (wi.ndim() != 2 || wh.ndim() != 2 || wi.shape(0) != wh.shape(0) || !aligned_c_contiguous(wi) ||
+        if (wi.ndim() != 2 || wh.ndim() != 2 || wi.shape(0) != wh.shape(0) || wh.shape(1) != wh.shape(0) ||
+            wh.shape(0) < 1 || !aligned_c_contiguous(wi) ||
             !aligned_c_contiguous(wh) || !wi.dtype().equal(wh.dtype()))
           return py::none();
         const Activation act = relu ? Activation::relu : Activation::tanh;

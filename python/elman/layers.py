@@ -46,13 +46,24 @@ def _check_size(value, name, allow_zero=False):
 
 
 def _check_dtype(dtype):
+    if dtype is None:  # as torch: None means the default (np.dtype(None) would be float64)
+        return np.dtype(np.float32)
     try:
         dt = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in F.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def _make_rng(seed):
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError("seed must be None or a non-negative int, got bool")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed must be None or a non-negative int, got {seed!r} ({exc})") from None
 
 
 def _check_bool(value, name):
@@ -246,8 +257,10 @@ class RNN(Module):
         self.bias = _check_bool(bias, "bias")
         self.batch_first = _check_bool(batch_first, "batch_first")
         self.bidirectional = _check_bool(bidirectional, "bidirectional")
-        if (isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating, np.integer))
-                or not 0 <= dropout <= 1):
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating, np.integer)):
+            raise TypeError(f"dropout should be a number in range [0, 1], got "
+                            f"{type(dropout).__name__}")
+        if not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the "
                              f"probability of an element being zeroed, got {dropout!r}")
         if dropout > 0 and self.num_layers == 1:
@@ -257,7 +270,7 @@ class RNN(Module):
         self.dropout = float(dropout)
         self.dtype = _check_dtype(dtype)
         self.backend = _backend.resolve(backend)
-        self._rng = np.random.default_rng(seed)
+        self._rng = _make_rng(seed)
         D = 2 if self.bidirectional else 1
         H = self.hidden_size
         bound = 1.0 / math.sqrt(H)
@@ -325,7 +338,7 @@ class RNN(Module):
                                  f"should also be {3 if batched else 2}-D but got {h0.ndim}-D array")
             expected = (nL * D, B, H) if batched else (nL * D, H)
             if h0.shape != expected:
-                raise ValueError(f"Expected hidden size {expected}, got {h0.shape}")
+                raise ValueError(f"h0: Expected hidden size {expected}, got {h0.shape}")
             if not batched:
                 h0 = h0[:, None, :]
         lengths = F.as_lengths(lengths, T, B)
@@ -518,7 +531,7 @@ class RNNCell(Module):
         self.bias = _check_bool(bias, "bias")
         self.dtype = _check_dtype(dtype)
         self.backend = _backend.resolve(backend)
-        rng = np.random.default_rng(seed)
+        rng = _make_rng(seed)
         H, bound = self.hidden_size, 1.0 / math.sqrt(self.hidden_size)
         self._add_param("weight_ih", self._uniform(rng, (H, self.input_size), bound, self.dtype))
         self._add_param("weight_hh", self._uniform(rng, (H, H), bound, self.dtype))
@@ -650,7 +663,7 @@ class Linear(Module):
         self.out_features = _check_size(out_features, "out_features")
         has_bias = _check_bool(bias, "bias")
         self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = _make_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         self._add_param("weight", self._uniform(rng, (self.out_features, self.in_features), bound, self.dtype))
         if has_bias:  # as torch: .bias is the Parameter, or None
@@ -714,7 +727,7 @@ class Embedding(Module):
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = _make_rng(seed)
         F.check_nbytes((self.num_embeddings, self.embedding_dim), np.float64, "Embedding: weight")
         w = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
