@@ -69,6 +69,12 @@ def isa(request):
     core.set_isa(previous)
 
 
+@pytest.fixture(params=elman.backends())
+def backend_any(request):
+    """Every backend, the NumPy reference included (for behaviour that must not differ)."""
+    return request.param
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

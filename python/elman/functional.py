@@ -31,6 +31,8 @@ def as_array(a, name, dtype):
     """
     if type(a) is np.ndarray and a.dtype is dtype:  # the common case, checked cheaply
         return a
+    if a is None:
+        raise TypeError(f"{name} must be an array of {np.dtype(dtype).name}, got None")
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a)

@@ -597,11 +597,21 @@ class RNNCell(Module):
             if hb.shape[0] != B:
                 raise ValueError(f"Input batch size {B} doesn't match hidden batch size {hb.shape[0]}")
             h = np.ascontiguousarray(hb)
-        xb = np.ascontiguousarray(xb)[None]
         b_ih, b_hh = self._biases()
-        out, _ = F.rnn_forward(xb, self._params["weight_ih"].data, self._params["weight_hh"].data,
-                               b_ih, b_hh, h, None, self.nonlinearity, backend=self.backend)
-        h1 = out[0] if batched else out[0, 0]
+        W_ih, W_hh = self._params["weight_ih"].data, self._params["weight_hh"].data
+        h1 = None
+        if self._step is not None:
+            # The fast path's own kernel on C-contiguous aligned arrays, so that the result never
+            # depends on the layout or byte order the arguments came in.
+            def c(a):
+                return None if a is None else np.require(a, requirements=["C", "A"])
+            h1 = self._step(c(xb), c(h), c(W_ih), c(W_hh), c(b_ih), c(b_hh), self._relu)
+        if h1 is None:
+            out, _ = F.rnn_forward(np.ascontiguousarray(xb)[None], W_ih, W_hh, b_ih, b_hh, h, None,
+                                   self.nonlinearity, backend=self.backend)
+            h1 = out[0]
+        if not batched:
+            h1 = h1[0]
         self._ctx = (x, None if h is None else (h if batched else h[0]), h1) if is_grad_enabled() else None
         return h1
 
