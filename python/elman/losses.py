@@ -39,6 +39,8 @@ def softmax(x, axis=-1):
 
 def _float_pred(pred):
     pred = np.asarray(pred)
+    if pred.dtype.kind == "f" and pred.dtype.newbyteorder("=") in F.FLOAT_DTYPES:
+        pred = pred.astype(pred.dtype.newbyteorder("="), copy=False)  # byte order: values kept
     if pred.dtype not in F.FLOAT_DTYPES:
         raise TypeError(f"pred must have dtype float32 or float64, got {pred.dtype}")
     return pred
