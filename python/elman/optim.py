@@ -84,8 +84,9 @@ def _nonfinite_error(norm):
 def _scale_to_norm(params, norm, max_norm):
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0 or math.isnan(coef):
-        for p in params:
-            p.grad *= coef
+        with np.errstate(invalid="ignore"):  # inf * 0 = NaN is the documented outcome here
+            for p in params:
+                p.grad *= coef
 
 
 def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
@@ -170,7 +171,8 @@ class SGD:
         for i, p in enumerate(self.params):
             g = p.grad
             if coef is not None:
-                g = g * p.dtype.type(coef)
+                with np.errstate(invalid="ignore"):  # only with error_if_nonfinite=False
+                    g = g * p.dtype.type(coef)
             if self.clip_value is not None:
                 g = np.clip(g, -self.clip_value, self.clip_value)
             clipped = g if clips else None
