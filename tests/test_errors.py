@@ -7,6 +7,8 @@ import pytest
 import elman
 from elman import functional as F
 
+pytestmark = pytest.mark.bad_input  # every case here is one (tools/count_bad_inputs.py)
+
 
 def _rnn(**kw):
     return elman.RNN(4, 3, **kw)
