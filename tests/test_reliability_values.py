@@ -18,17 +18,7 @@ import elman
 from elman import functional as F, reference
 from conftest import KERNEL_BACKENDS, assert_close, max_abs
 
-core = pytest.importorskip("elman._core")
-LEVELS = ["baseline", "avx2", "avx512"]
-SUPPORTED = LEVELS[: LEVELS.index(core.info()["isa_supported"]) + 1]
-
-
-@pytest.fixture(params=SUPPORTED)
-def isa(request):
-    previous = core.get_isa()
-    assert core.set_isa(request.param)
-    yield request.param
-    core.set_isa(previous)
+core = pytest.importorskip("elman._core")  # the isa fixture (conftest) runs every level
 
 
 def _classes(a):
