@@ -464,6 +464,52 @@ for fn_name in ("tn_product", "blas_gemm"):
             with pytest.raises(exc, match=match):
                 fn(*args)
 
+for label, args, exc, match in (
+        ("A:1-D", (np.ones(3, np.float32), np.ones((3, 2), np.float32), np.zeros((3, 2), np.float32)),
+         ValueError, r"A must be 2-D, got shape \(3,\)"),
+        ("B:rows", (np.ones((3, 4), np.float32), np.ones((3, 2), np.float32), np.zeros((3, 2), np.float32)),
+         ValueError, r"B must have shape \(4, 2\), got \(3, 2\)"),
+        ("B:float64", (np.ones((3, 4), np.float32), np.ones((4, 2)), np.zeros((3, 2), np.float32)),
+         TypeError, "B must have dtype float32, got float64"),
+        ("C:shape", (np.ones((3, 4), np.float32), np.ones((4, 2), np.float32), np.zeros((2, 3), np.float32)),
+         ValueError, r"C must have shape \(3, 2\), got \(2, 3\)"),
+        ("C:fortran", (np.ones((3, 4), np.float32), np.ones((4, 2), np.float32),
+                       np.zeros((3, 2), np.float32, order="F")), ValueError, "C must be C-contiguous"),
+        ("C:list", (np.ones((3, 4), np.float32), np.ones((4, 2), np.float32), [[0.0] * 2] * 3),
+         TypeError, "C must be a numpy.ndarray, got list")):
+    @case(f"matmul:{label}")
+    def _(args=args, exc=exc, match=match):
+        before = args[2].copy() if isinstance(args[2], np.ndarray) else None
+        with pytest.raises(exc, match=match):
+            core.matmul(*args)
+        if before is not None:
+            np.testing.assert_array_equal(args[2], before)
+
+
+@case("matmul:C overlapping A is refused, nothing written")
+def _():
+    buf = np.arange(24, dtype=np.float64)
+    A, C = buf[:12].reshape(3, 4), buf[10:16].reshape(3, 2)
+    keep = buf.copy()
+    with pytest.raises(ValueError, match="C must not share memory with A"):
+        core.matmul(A, np.ones((4, 2)), C)
+    np.testing.assert_array_equal(buf, keep)
+
+
+@case("matmul:every transpose and layout gives the NumPy product")
+def _():
+    rng = np.random.default_rng(3)
+    for ta in (False, True):
+        for tb in (False, True):
+            A = rng.standard_normal((4, 3) if ta else (3, 4))
+            Bm = rng.standard_normal((2, 4) if tb else (4, 2))
+            for view in (lambda a: a, np.asfortranarray, _unaligned, lambda a: np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1]):
+                C = rng.standard_normal((3, 2))
+                expected = (A.T if ta else A) @ (Bm.T if tb else Bm) + 0.5 * C
+                core.matmul(view(A), view(Bm), C, ta, tb, 0.5)
+                np.testing.assert_allclose(C, expected, rtol=1e-12, atol=1e-12)
+
+
 for label, call, exc, match in (
         ("tanh:list", lambda: core.tanh([1.0]), TypeError, "x must be a numpy.ndarray, got list"),
         ("tanh:int64", lambda: core.tanh(np.arange(3)), TypeError,

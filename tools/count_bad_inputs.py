@@ -6,6 +6,7 @@ once). Prints the total and the count per file.
     python tools/count_bad_inputs.py --check    # exit 1 unless README.md claims at most the total
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -27,8 +28,9 @@ class _Collector:
 
 def count():
     collector = _Collector()
-    code = pytest.main(["--collect-only", "-qq", "-p", "no:cacheprovider", os.path.join(ROOT, "tests")],
-                       plugins=[collector])
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # pytest's listing
+        code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider",
+                            os.path.join(ROOT, "tests")], plugins=[collector])
     if code not in (0, 5):
         raise SystemExit(f"collection failed (pytest exit {code})")
     return Counter(os.path.basename(i.nodeid.split("::")[0]) for i in collector.items)

@@ -168,7 +168,7 @@ def one_input(data):
     T, B, I, H = src.int(0, 5), src.int(0, 9), src.int(0, 7), src.int(0, 18)
     if src.valid:
         T, H = max(T, 1), max(H, 1)
-    what = src.pick(["forward", "backward", "cell", "tanh", "tn_product", "blas_gemm"])
+    what = src.pick(["forward", "backward", "cell", "tanh", "tn_product", "blas_gemm", "matmul"])
     act = src.pick(["tanh", "relu", "tanh", "relu", "sigmoid"] if not src.valid else ["tanh", "relu"])
     if what == "forward":
         args = [_array(src, (T, B, I), dtype), _array(src, (H, I), dtype), _array(src, (H, H), dtype),
@@ -197,6 +197,12 @@ def one_input(data):
         _check(what, core.rnn_cell_step, args, outputs=set())
     elif what == "tanh":
         _check(what, core.tanh, [_array(src, (T, B), dtype)], outputs=set())
+    elif what == "matmul":
+        M, N, K = src.int(0, 9), src.int(0, 9), src.int(0, 9)
+        ta, tb = src.chance(2), src.chance(2)
+        args = [_array(src, (K, M) if ta else (M, K), dtype), _array(src, (N, K) if tb else (K, N), dtype),
+                _array(src, (M, N), dtype, True), ta, tb, src.pick([0.0, 1.0, 0.5, -2.0])]
+        _check(what, core.matmul, args, outputs={2})
     else:
         M, N, K = src.int(0, 9), src.int(0, 9), src.int(0, 9)
         a_shape = (K, M) if what == "tn_product" else (M, K)

@@ -473,6 +473,7 @@ PYBIND11_MODULE(_core, m) {
           const T* pa = optional_input<T>(A, "A", shape_of(a), keep);
           const T* pb = optional_input<T>(B, "B", trans_b ? std::vector<int64_t>{N, K} : std::vector<int64_t>{K, N}, keep);
           T* pc = output<T>(C, "C", {M, N});
+          check_disjoint({{"C", C}}, {{"A", A}, {"B", B}});
           py::gil_scoped_release nogil;
           matmul_cpu<T>(trans_a, trans_b, M, N, K, pa, a.shape(1), pb, trans_b ? K : N, T(beta), pc, N);
         });
