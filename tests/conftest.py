@@ -69,6 +69,12 @@ def isa(request):
     core.set_isa(previous)
 
 
+def pytest_configure(config):
+    # here, not in pyproject.toml, so that it holds where CI runs the tests: outside the source tree
+    config.addinivalue_line("markers", "bad_input: a case of bad input or an injected fault "
+                                       "(tools/count_bad_inputs.py counts them)")
+
+
 @pytest.fixture(params=elman.backends())
 def backend_any(request):
     """Every backend, the NumPy reference included (for behaviour that must not differ)."""
