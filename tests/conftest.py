@@ -69,6 +69,17 @@ def isa(request):
     core.set_isa(previous)
 
 
+# The host backends (the compiled CPU kernels and the NumPy reference): the ones the reliability
+# tests hold to the README's guarantees (the CUDA backend is experimental and has its own tests).
+HOST_BACKENDS = [b for b in elman.backends() if b in ("cpu", "numpy")]
+
+
+@pytest.fixture(params=HOST_BACKENDS)
+def backend_any(request):
+    """Every host backend, the NumPy reference included (behaviour that must not differ)."""
+    return request.param
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
@@ -82,3 +93,5 @@ def pytest_configure(config):
     # Registered here rather than in pyproject.toml: CI also runs these tests outside the tree.
     config.addinivalue_line("markers", "gpu: needs a CUDA device and elman._cuda (skipped "
                                        "cleanly without them)")
+    config.addinivalue_line("markers", "bad_input: a case of bad input or an injected fault "
+                                       "(tools/count_bad_inputs.py counts them)")

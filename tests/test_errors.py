@@ -7,6 +7,8 @@ import pytest
 import elman
 from elman import functional as F
 
+pytestmark = pytest.mark.bad_input  # every case here is one (tools/count_bad_inputs.py)
+
 
 def _rnn(**kw):
     return elman.RNN(4, 3, **kw)
@@ -63,7 +65,7 @@ def test_bad_lengths(backend, lengths, err, match):
     (dict(input_size=4, hidden_size=3, nonlinearity="sigmoid"), ValueError, "Unknown nonlinearity 'sigmoid'"),
     (dict(input_size=4, hidden_size=3, backend="gpu"), ValueError, "unknown backend 'gpu'"),
     (dict(input_size=4, hidden_size=3, dropout=1.5), ValueError, "dropout should be a number in range"),
-    (dict(input_size=4, hidden_size=3, dropout=True), ValueError, "dropout should be a number in range"),
+    (dict(input_size=4, hidden_size=3, dropout=True), TypeError, "dropout should be a number in range"),
     (dict(input_size=4, hidden_size=3, dtype=np.int32), TypeError, "dtype must be float32 or float64"),
     (dict(input_size=4, hidden_size=3, dtype=np.float16), TypeError, "dtype must be float32 or float64"),
 ])

@@ -109,6 +109,8 @@ def test_elman_isa_environment_variable():
     assert "ELMAN_ISA='sse9' is not one of" in out.stderr
 
 
+@pytest.mark.skipif(bool(os.environ.get("ELMAN_SANITIZED")),
+                    reason="AddressSanitizer's shadow memory and quarantine change the RSS")
 def test_memory_added_by_a_large_call_stays_within_budget():
     """Training forward keeps only its output (the hidden states); backward's scratch is one
     [T, B, H] array (dz) plus O(B*H + H*H). Measured as the growth of the peak resident set of

@@ -35,6 +35,71 @@ std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::
 
 [[noreturn]] void value_error(const std::string& m) { throw py::value_error(m); }
 [[noreturn]] void type_error(const std::string& m) { throw py::type_error(m); }
+[[noreturn]] void memory_error(const std::string& m) {
+  PyErr_SetString(PyExc_MemoryError, m.c_str());
+  throw py::error_already_set();
+}
+
+// Bytes of an array of `shape` and `itemsize`, computed in 64 bits; MemoryError naming `what`
+// when the product does not fit (no allocation is attempted). A pure function, exposed to the
+// tests as _core.checked_nbytes so that huge sizes can be checked without allocating them.
+int64_t checked_nbytes(const std::vector<int64_t>& shape, int64_t itemsize, const std::string& what) {
+  int64_t n = itemsize;
+  for (int64_t d : shape) {
+    if (d < 0) value_error(what + " " + shape_str(shape) + " has a negative size");
+    if (__builtin_mul_overflow(n, d, &n))
+      memory_error(what + " " + shape_str(shape) + " needs more than 2^63 bytes");
+  }
+  return n;
+}
+
+// An uninitialised array the binding allocates itself: sizes checked first, then MemoryError
+// naming it when NumPy cannot have the memory. Nothing has been written anywhere yet.
+template <typename T>
+py::array scratch_array(const std::vector<int64_t>& shape, const std::string& what) {
+  const int64_t bytes = checked_nbytes(shape, sizeof(T), what);
+  try {
+    return py::array(py::dtype::of<T>(), shape);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;
+    memory_error("cannot allocate " + what + " " + shape_str(shape) + ": " + std::to_string(bytes) +
+                 " bytes");
+  }
+}
+
+// [lowest, highest) byte addresses an array may touch; empty for an array of size 0.
+std::pair<uintptr_t, uintptr_t> extent(const py::array& a) {
+  uintptr_t lo = reinterpret_cast<uintptr_t>(a.data()), hi = lo;
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    if (a.shape(d) == 0) return {0, 0};
+    const py::ssize_t span = a.strides(d) * (a.shape(d) - 1);
+    if (span < 0) lo += span;
+    else hi += span;
+  }
+  return {lo, hi + a.itemsize()};
+}
+
+// Outputs must not share memory with any input or with each other: the kernels read inputs
+// while they write outputs, and write different outputs from different threads. A named array
+// (nullptr handles and None are skipped).
+struct Named {
+  const char* name;
+  py::handle obj;
+};
+void check_disjoint(std::initializer_list<Named> outputs, std::initializer_list<Named> inputs) {
+  for (auto o = outputs.begin(); o != outputs.end(); ++o) {
+    if (!o->obj || !py::isinstance<py::array>(o->obj)) continue;
+    const auto eo = extent(py::reinterpret_borrow<py::array>(o->obj));
+    auto clash = [&](const Named& other) {
+      if (!other.obj || !py::isinstance<py::array>(other.obj)) return;
+      const auto e = extent(py::reinterpret_borrow<py::array>(other.obj));
+      if (eo.first < e.second && e.first < eo.second)
+        value_error(std::string(o->name) + " must not share memory with " + other.name);
+    };
+    for (const Named& i : inputs) clash(i);
+    for (auto p = outputs.begin(); p != o; ++p) clash(*p);
+  }
+}
 
 py::array to_array(py::handle obj, const char* name) {
   if (!py::isinstance<py::array>(obj))
@@ -68,7 +133,13 @@ py::array input(py::handle obj, const char* name, const std::vector<int64_t>& sh
   check_dtype<T>(a, name);
   check_shape(a, name, shape);
   if (aligned_c_contiguous(a)) return a;
-  return py::module_::import("numpy").attr("array")(a, py::arg("order") = "C", py::arg("copy") = true);
+  checked_nbytes(shape, sizeof(T), std::string("a C-contiguous copy of ") + name);
+  try {
+    return py::module_::import("numpy").attr("array")(a, py::arg("order") = "C", py::arg("copy") = true);
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_MemoryError)) throw;
+    memory_error(std::string("cannot allocate a C-contiguous copy of ") + name + " " + shape_str(shape));
+  }
 }
 template <typename T>
 const T* optional_input(py::handle obj, const char* name, const std::vector<int64_t>& shape,
@@ -94,6 +165,10 @@ T* output(py::handle obj, const char* name, const std::vector<int64_t>& shape) {
 bool row_layout(const py::array& a, int64_t n, int64_t* ld) {
   const int64_t item = a.itemsize();
   const int64_t T = a.shape(0), B = a.shape(1);
+  if (T == 0 || B == 0) {  // no rows: any layout will do (NumPy gives such arrays odd strides)
+    *ld = n;
+    return true;
+  }
   if (n > 1 && a.strides(2) != item) return false;
   if (reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(item) != 0) return false;
   int64_t row;  // stride between consecutive rows (t, b) -> (t, b + 1), in elements
@@ -169,6 +244,7 @@ RnnShape shape_and_weights(const py::array& x, py::handle W_ih, py::handle W_hh,
   sh.B = x.shape(1);
   sh.I = x.shape(2);
   sh.H = whh.shape(0);
+  if (sh.H < 1) value_error("W_hh must have shape (H, H) with H >= 1, got " + shape_str(shape_of(whh)));
   sh.act = activation_of(nonlinearity);
   sh.reverse = reverse;
   if (sh.T < 1) value_error("x must have at least one time step, got T = 0");
@@ -178,6 +254,24 @@ RnnShape shape_and_weights(const py::array& x, py::handle W_ih, py::handle W_hh,
   w->b_ih = optional_input<T>(b_ih, "b_ih", {sh.H}, keep);
   w->b_hh = optional_input<T>(b_hh, "b_hh", {sh.H}, keep);
   return sh;
+}
+
+// Runs a kernel without the GIL. The kernels allocate their scratch (packed W_hh, per-row
+// buffers) before they write anything, so running out of memory leaves every output untouched.
+template <typename F>
+void run_kernel(const char* what, F&& f) {
+  bool out_of_memory = false;
+  {
+    py::gil_scoped_release nogil;
+    try {
+      f();
+    } catch (const std::bad_alloc&) {
+      out_of_memory = true;
+    }
+  }
+  if (out_of_memory)
+    memory_error(std::string(what) + ": cannot allocate the kernel's scratch memory (packed W_hh, "
+                 "per-row buffers); no output was written");
 }
 
 template <typename T>
@@ -193,8 +287,11 @@ void forward_impl(py::array x_in, py::handle W_ih, py::handle W_hh, py::handle b
   a.shape.lengths = lengths_input(lengths, sh.T, sh.B, keep);
   a.out = rows_output<T>(out, "out", {sh.T, sh.B, sh.H}, &a.ld_out);
   a.h_n = output<T>(h_n, "h_n", {sh.B, sh.H});
-  py::gil_scoped_release nogil;
-  rnn_forward_cpu<T>(a);
+  check_disjoint({{"out", out}, {"h_n", h_n}},
+                 {{"x", x_in}, {"W_ih", W_ih}, {"W_hh", W_hh}, {"b_ih", b_ih}, {"b_hh", b_hh},
+                  {"h0", h0}, {"lengths", lengths}});
+  checked_nbytes({sh.H, sh.H + 64}, sizeof(T), "rnn_forward: packed W_hh");
+  run_kernel("rnn_forward", [&] { rnn_forward_cpu<T>(a); });
 }
 
 template <typename T>
@@ -224,11 +321,15 @@ void backward_impl(py::array x_in, py::handle W_ih, py::handle W_hh, py::handle 
   a.db_ih = db_ih.is_none() ? nullptr : output<T>(db_ih, "db_ih", {sh.H});
   a.db_hh = db_hh.is_none() ? nullptr : output<T>(db_hh, "db_hh", {sh.H});
   a.grad_norms = grad_norms.is_none() ? nullptr : output<double>(grad_norms, "grad_norms", {sh.T});
-  // Scratch for dz [T, B, H]; numpy raises MemoryError when it cannot be had.
-  py::array dz = py::array(py::dtype::of<T>(), seq);
+  check_disjoint({{"grad_x", grad_x}, {"grad_h0", grad_h0}, {"dW_ih", dW_ih}, {"dW_hh", dW_hh},
+                  {"db_ih", db_ih}, {"db_hh", db_hh}, {"grad_norms", grad_norms}},
+                 {{"x", x_in}, {"W_ih", W_ih}, {"W_hh", W_hh}, {"h0", h0}, {"out", out},
+                  {"grad_out", grad_out}, {"grad_h_n", grad_h_n}, {"lengths", lengths}});
+  checked_nbytes({sh.H, sh.H + 64}, sizeof(T), "rnn_backward: packed W_hh");
+  // Scratch for dz [T, B, H], allocated before anything is written.
+  py::array dz = scratch_array<T>(seq, "rnn_backward: the scratch dz [T, B, H] =");
   a.dz = static_cast<T*>(dz.mutable_data());
-  py::gil_scoped_release nogil;
-  rnn_backward_cpu<T>(a);
+  run_kernel("rnn_backward", [&] { rnn_backward_cpu<T>(a); });
 }
 
 // The dtype of the first array picks the instantiation; every other array must match it.
@@ -266,8 +367,10 @@ py::object cell_step(const py::array& x, py::handle h, const py::array& W_ih, co
   const T *bi = nullptr, *bh = nullptr;
   for (auto [obj, ptr] : {std::pair<py::handle, const T**>{b_ih, &bi}, {b_hh, &bh}}) {
     if (obj.is_none()) continue;
+    if (!py::isinstance<py::array>(obj)) return py::none();
     py::array b = py::reinterpret_borrow<py::array>(obj);
-    if (b.ndim() != 1 || b.shape(0) != H || !aligned_c_contiguous(b)) return py::none();
+    if (b.ndim() != 1 || b.shape(0) != H || !aligned_c_contiguous(b) || !b.dtype().equal(W_hh.dtype()))
+      return py::none();
     *ptr = static_cast<const T*>(b.data());
   }
   py::array out = batched ? py::array(py::dtype::of<T>(), std::vector<int64_t>{B, H})
@@ -370,6 +473,7 @@ PYBIND11_MODULE(_core, m) {
           const T* pa = optional_input<T>(A, "A", shape_of(a), keep);
           const T* pb = optional_input<T>(B, "B", trans_b ? std::vector<int64_t>{N, K} : std::vector<int64_t>{K, N}, keep);
           T* pc = output<T>(C, "C", {M, N});
+          check_disjoint({{"C", C}}, {{"A", A}, {"B", B}});
           py::gil_scoped_release nogil;
           matmul_cpu<T>(trans_a, trans_b, M, N, K, pa, a.shape(1), pb, trans_b ? K : N, T(beta), pc, N);
         });
@@ -387,7 +491,8 @@ PYBIND11_MODULE(_core, m) {
         py::array xa = py::reinterpret_borrow<py::array>(x);
         py::array wi = py::reinterpret_borrow<py::array>(W_ih);
         py::array wh = py::reinterpret_borrow<py::array>(W_hh);
-        if (wi.ndim() != 2 || wh.ndim() != 2 || wi.shape(0) != wh.shape(0) || !aligned_c_contiguous(wi) ||
+        if (wi.ndim() != 2 || wh.ndim() != 2 || wi.shape(0) != wh.shape(0) || wh.shape(1) != wh.shape(0) ||
+            wh.shape(0) < 1 || !aligned_c_contiguous(wi) ||
             !aligned_c_contiguous(wh) || !wi.dtype().equal(wh.dtype()))
           return py::none();
         const Activation act = relu ? Activation::relu : Activation::tanh;
@@ -421,6 +526,22 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("A"), py::arg("B"), py::arg("C"),
       "C += A^T @ B with the kernels' own product (single thread), for tests.");
+
+  m.def(
+      "checked_nbytes",
+      [](const std::vector<int64_t>& shape, int64_t itemsize) {
+        return checked_nbytes(shape, itemsize, "an array of shape");
+      },
+      py::arg("shape"), py::arg("itemsize"),
+      "Bytes of an array of this shape, computed in 64 bits; MemoryError when it overflows "
+      "(the binding's size check, for tests: nothing is allocated).");
+
+  m.def(
+      "_set_blas_limits",
+      [](int64_t max_dim, int64_t max_ld) { cpu::blas_set_limits_for_testing(max_dim, max_ld); },
+      py::arg("max_dim"), py::arg("max_ld"),
+      "Tests only: the largest size and leading dimension handed to the BLAS in one piece "
+      "(defaults 2**30 and 2**31 - 1), lowered to run the splitting paths on small arrays.");
 
   m.def(
       "set_num_threads",

@@ -1,15 +1,21 @@
-// OpenBLAS glue: the one file that includes cblas.h. Splits products whose sizes exceed the
-// 32-bit BLAS integers, so callers can pass any 64-bit size.
+// OpenBLAS glue: the one file that includes cblas.h. Splits products whose sizes or leading
+// dimensions exceed the 32-bit BLAS integers, so callers can pass any 64-bit size.
 #include "blas.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cblas.h>
 
 namespace elman {
 namespace cpu {
 namespace {
 
-constexpr int64_t kMaxBlasDim = int64_t(1) << 30;  // comfortably inside blasint (int32)
+// The BLAS takes 32-bit sizes and leading dimensions. Sizes above g_max_dim are split into
+// pieces; a piece whose leading dimension still exceeds g_max_ld is done row by row when the
+// oversized stride is A's (not transposed) or C's (a single row needs no stride), else by plain
+// loops. Both limits can be lowered for tests (blas_set_limits_for_testing).
+std::atomic<int64_t> g_max_dim{int64_t(1) << 30};  // comfortably inside blasint (int32)
+std::atomic<int64_t> g_max_ld{int64_t(2147483647)};
 
 void gemm_raw(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
@@ -24,6 +30,30 @@ void gemm_raw(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, c
                     beta, C, blasint(ldc));
 }
 
+// One piece (M, N, K within the BLAS's range), whatever its leading dimensions.
+template <typename scalar_t>
+void gemm_piece(bool ta, bool tb, int64_t M, int64_t N, int64_t K, scalar_t alpha,
+                const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta,
+                scalar_t* C, int64_t ldc) {
+  const int64_t max_ld = g_max_ld.load(std::memory_order_relaxed);
+  if (lda <= max_ld && ldb <= max_ld && ldc <= max_ld) {
+    gemm_raw(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else if (ldb <= max_ld && !ta && K <= max_ld && N <= max_ld) {
+    for (int64_t i = 0; i < M; ++i)  // one row of A and C at a time: their strides vanish
+      gemm_raw(false, tb, 1, N, K, alpha, A + i * lda, std::max<int64_t>(K, 1), B, ldb, beta,
+               C + i * ldc, std::max<int64_t>(N, 1));
+  } else {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        scalar_t sum = scalar_t(0);
+        for (int64_t k = 0; k < K; ++k)
+          sum += (ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+        scalar_t& c = C[i * ldc + j];
+        c = alpha * sum + (beta == scalar_t(0) ? scalar_t(0) : beta * c);
+      }
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -35,20 +65,26 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, scalar_t alpha, con
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == scalar_t(0) ? scalar_t(0) : beta * C[i * ldc + j];
     return;
   }
+  const int64_t max_dim = g_max_dim.load(std::memory_order_relaxed);
   // Element (i, k) of op(A) lives at A[i*lda + k] (no trans) or A[k*lda + i] (trans).
   auto a_at = [&](int64_t i, int64_t k) { return ta ? A + k * lda + i : A + i * lda + k; };
   auto b_at = [&](int64_t k, int64_t j) { return tb ? B + j * ldb + k : B + k * ldb + j; };
-  for (int64_t i0 = 0; i0 < M; i0 += kMaxBlasDim) {
-    const int64_t m = std::min(kMaxBlasDim, M - i0);
-    for (int64_t j0 = 0; j0 < N; j0 += kMaxBlasDim) {
-      const int64_t n = std::min(kMaxBlasDim, N - j0);
-      for (int64_t k0 = 0; k0 < K; k0 += kMaxBlasDim) {
-        const int64_t k = std::min(kMaxBlasDim, K - k0);
-        gemm_raw(ta, tb, m, n, k, alpha, a_at(i0, k0), lda, b_at(k0, j0), ldb,
-                 k0 == 0 ? beta : scalar_t(1), C + i0 * ldc + j0, ldc);
+  for (int64_t i0 = 0; i0 < M; i0 += max_dim) {
+    const int64_t m = std::min(max_dim, M - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += max_dim) {
+      const int64_t n = std::min(max_dim, N - j0);
+      for (int64_t k0 = 0; k0 < K; k0 += max_dim) {
+        const int64_t k = std::min(max_dim, K - k0);
+        gemm_piece(ta, tb, m, n, k, alpha, a_at(i0, k0), lda, b_at(k0, j0), ldb,
+                   k0 == 0 ? beta : scalar_t(1), C + i0 * ldc + j0, ldc);
       }
     }
   }
+}
+
+void blas_set_limits_for_testing(int64_t max_dim, int64_t max_ld) {
+  g_max_dim.store(max_dim < 1 ? 1 : max_dim);
+  g_max_ld.store(max_ld < 1 ? 1 : max_ld);
 }
 
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,

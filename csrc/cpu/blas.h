@@ -7,11 +7,16 @@ namespace elman {
 namespace cpu {
 
 // C[M, N] = alpha * op(A) op(B) + beta * C, row-major; op(X) = X^T when trans_X.
-// 64-bit sizes: products too large for the BLAS's 32-bit integers are split into pieces.
+// 64-bit sizes and leading dimensions: whatever exceeds the BLAS's 32-bit integers is split
+// into pieces (or rows) it can take.
 template <typename scalar_t>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, scalar_t alpha,
           const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb, scalar_t beta,
           scalar_t* C, int64_t ldc);
+
+// Lowers the largest size / leading dimension handed to the BLAS in one piece (tests use tiny
+// limits to run the splitting paths on small arrays); the defaults are 2^30 and 2^31 - 1.
+void blas_set_limits_for_testing(int64_t max_dim, int64_t max_ld);
 
 void blas_set_num_threads(int n);
 int blas_get_num_threads();

@@ -240,14 +240,17 @@ ELMAN_VINLINE void store_zeros(T* p, int64_t n) {
 }
 
 // The recurrent product of one tile: rows rb..rb+M-1 of A (per-row pointers, else uniform rows
-// at stride ld; a missing row is a zero state) times one packed panel of W.
+// at stride ld) times one packed panel of W. A missing row (no state yet, or no next step) gets
+// exactly 0, never 0 * W: a NaN or Inf in W reaches a sequence only through a state it has,
+// whatever rows share its tile (the reference defines the same).
 template <typename T, int M, int NV, typename Step>
 ELMAN_VINLINE void tile_product(const T* const* rows, const T* uniform, int64_t ld, int64_t rb,
                                 const Step& s, const Panel& pn, Vec<T> (&acc)[M][NV]) {
   const T* a[M];
-  bool any = false;
+  bool any = false, absent[M];
   for (int r = 0; r < M; ++r) {
     a[r] = rows ? rows[rb + r] : (uniform ? uniform + (rb + r) * ld : nullptr);
+    absent[r] = !a[r];
     any = any || a[r];
   }
   if (!any) {
@@ -256,8 +259,11 @@ ELMAN_VINLINE void tile_product(const T* const* rows, const T* uniform, int64_t 
     return;
   }
   for (int r = 0; r < M; ++r)
-    if (!a[r]) a[r] = s.zeros;
+    if (absent[r]) a[r] = s.zeros;
   accumulate<T, M, NV>(s.H, a, s.Wp + pn.offset * s.H, acc);
+  for (int r = 0; r < M; ++r)
+    if (absent[r])
+      for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>::zero();
 }
 
 template <typename T, Activation A, int NV, int M>
@@ -367,18 +373,24 @@ void fwd_steps_one_vector(const FwdStep<T>& s, int64_t n, int64_t out_stride, in
   const T* Wp = s.Wp;  // one panel: row k at Wp + k * W (zeros past H)
   const V bias = V::load_first(s.bias, H);
   V h = s.prev ? V::load_first(s.prev + b * s.ld_prev, H) : V::zero();
+  bool has_state = s.prev != nullptr;  // without h0 the first step has no product (tile_product)
   alignas(64) T hb[W < 4 ? 4 : W] = {};  // at least 4, the unroll of the loop below
   T* o = s.out + b * s.ld_out;
   for (int64_t i = 0; i < n; ++i, o += out_stride) {
-    h.store(hb);
-    V c[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
-    int k = 0;
-    for (; k + 4 <= H; k += 4)
-      for (int q = 0; q < 4; ++q) c[q] = fmadd(V::set1(hb[k + q]), V::load(Wp + (k + q) * W), c[q]);
-    for (; k < H; ++k) c[0] = fmadd(V::set1(hb[k]), V::load(Wp + k * W), c[0]);
+    V sum = V::zero();
+    if (has_state) {
+      h.store(hb);
+      V c[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+      int k = 0;
+      for (; k + 4 <= H; k += 4)
+        for (int q = 0; q < 4; ++q) c[q] = fmadd(V::set1(hb[k + q]), V::load(Wp + (k + q) * W), c[q]);
+      for (; k < H; ++k) c[0] = fmadd(V::set1(hb[k]), V::load(Wp + k * W), c[0]);
+      sum = (c[0] + c[1]) + (c[2] + c[3]);
+    }
     const V xb = V::load_first(o, H) + bias;
-    h = activate<T, A>(xb + ((c[0] + c[1]) + (c[2] + c[3])));
+    h = activate<T, A>(xb + sum);
     h.store_first(o, H);
+    has_state = true;
   }
 }
 
@@ -487,12 +499,19 @@ void tn_product(const T* A, int64_t lda, int64_t m0, int64_t m1, const TnTarget<
   const int64_t tiles = (M + MR - 1) / MR;
   int64_t kmax = 0;
   for (int32_t i = 0; i < ntargets; ++i) kmax = targets[i].k1 > kmax ? targets[i].k1 : kmax;
-  T* apack = static_cast<T*>(std::aligned_alloc(64, size_t(KC * tiles * MR) * sizeof(T) + 64));
-  T* bpack = static_cast<T*>(std::aligned_alloc(64, size_t(KC * 4 * W) * sizeof(T) + 64));
+  // This runs inside a parallel region, where an exception cannot be let out (a worker would
+  // terminate the process, and the region would lose its items): when even these small packing
+  // buffers cannot be had, the direct product (no scratch at all) computes the same sums, in
+  // another rounding order.
+  auto alloc64 = [](int64_t n) {  // aligned_alloc wants a multiple of the alignment
+    return static_cast<T*>(std::aligned_alloc(64, (size_t(n) * sizeof(T) + 63) / 64 * 64));
+  };
+  T* apack = alloc64(KC * tiles * MR);
+  T* bpack = alloc64(KC * 4 * W);
   if (!apack || !bpack) {
     std::free(apack);
     std::free(bpack);
-    throw std::bad_alloc();
+    return tn_product_direct(A, lda, m0, m1, targets, ntargets);
   }
   for (int64_t kb = 0; kb < kmax; kb += KC) {
     const int64_t kc = imin(KC, kmax - kb);

@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -71,8 +72,14 @@ struct Pool {
     }
   }
 
+  // A thread that cannot be created (a process or container limit) is simply missing: regions
+  // never wait for workers, so fewer of them cost only parallelism, and nothing is thrown
+  // while a region is being opened.
   void start() {
-    for (int i = 1; i < nthreads; ++i) workers.emplace_back([this] { worker(); });
+    try {
+      for (int i = 1; i < nthreads; ++i) workers.emplace_back([this] { worker(); });
+    } catch (const std::system_error&) {
+    }
   }
 
   void shutdown() {
@@ -88,6 +95,7 @@ struct Pool {
 
 std::atomic<Pool*> g_pool{nullptr};
 std::mutex g_config;  // serialises set_num_threads and the creation of the pool
+std::vector<Pool*> g_retired;  // pools replaced by set_num_threads (guarded by g_config)
 
 Pool* pool() {
   Pool* p = g_pool.load(std::memory_order_acquire);
@@ -182,7 +190,10 @@ void set_num_threads(int n) {
       old->busy.store(false);
       return;
     }
-    old->shutdown();  // the old pool object is kept (a racing caller may still hold it)
+    old->shutdown();
+    // The old pool object is kept (a racing caller may still hold a pointer to it), listed
+    // here so that it stays owned rather than leaked: a few hundred bytes per change of count.
+    g_retired.push_back(old);
   }
   g_pool.store(new Pool(n), std::memory_order_release);
 }

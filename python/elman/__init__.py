@@ -12,6 +12,7 @@ from .layers import (Embedding, Linear, Module, Parameter, RNN, RNNCell, is_grad
                      no_grad)
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, sigmoid, softmax
 from .optim import SGD, clip_grad_norm_, clip_grad_value_
+from .serialization import load, save
 from ._threads import get_num_threads, set_num_threads
 from .training import History, fit
 
@@ -24,6 +25,6 @@ __all__ = [
     "RNN", "RNNCell", "Linear", "Embedding", "Parameter", "Module", "no_grad", "is_grad_enabled",
     "MSELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "sigmoid", "softmax",
     "SGD", "clip_grad_norm_", "clip_grad_value_",
-    "fit", "History", "backends", "set_num_threads", "get_num_threads",
+    "fit", "History", "save", "load", "backends", "set_num_threads", "get_num_threads",
     "functional", "losses", "reference", "training", "__version__",
 ]

@@ -5,6 +5,7 @@ argument and give expected vs actual, so every backend reports bad input the sam
 Shape legend: T time steps, B batch, I input features, H hidden units.
 """
 
+import sys
 from collections import namedtuple
 
 import numpy as np
@@ -30,6 +31,8 @@ def as_array(a, name, dtype):
     """
     if type(a) is np.ndarray and a.dtype is dtype:  # the common case, checked cheaply
         return a
+    if a is None:
+        raise TypeError(f"{name} must be an array of {np.dtype(dtype).name}, got None")
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a)
@@ -49,8 +52,45 @@ def check_shape(a, name, expected):
 
 
 def check_nonlinearity(nonlinearity):
+    if not isinstance(nonlinearity, str):
+        raise TypeError(f"nonlinearity must be a str, 'tanh' or 'relu', got "
+                        f"{type(nonlinearity).__name__}")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+
+
+def check_nbytes(shape, dtype, what):
+    """Bytes of an array of ``shape`` and ``dtype``, computed exactly (Python integers); a
+    MemoryError naming ``what`` when no process could address them."""
+    n = np.dtype(dtype).itemsize
+    for d in shape:
+        n *= int(d)
+    if n > sys.maxsize:
+        raise MemoryError(f"{what} of shape {tuple(int(d) for d in shape)} and dtype "
+                          f"{np.dtype(dtype).name} needs {n} bytes, more than this process can "
+                          f"address")
+    return n
+
+
+def empty(shape, dtype, what):
+    """``np.empty`` with a MemoryError that names ``what`` (checked before anything is touched)."""
+    n = check_nbytes(shape, dtype, what)
+    try:
+        return np.empty(shape, dtype)
+    except MemoryError:
+        raise MemoryError(f"cannot allocate {what} of shape {tuple(shape)} and dtype "
+                          f"{np.dtype(dtype).name} ({n} bytes)") from None
+
+
+def check_disjoint(outputs, inputs):
+    """Every output (name, array or None) must share no memory with an input or another output:
+    the kernels read inputs while they write outputs."""
+    outputs = [(n, a) for n, a in outputs if isinstance(a, np.ndarray)]
+    inputs = [(n, a) for n, a in inputs if isinstance(a, np.ndarray)]
+    for i, (name, a) in enumerate(outputs):
+        for other, b in inputs + outputs[:i]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name} must not share memory with {other}")
 
 
 def as_lengths(lengths, T, B):
@@ -58,6 +98,8 @@ def as_lengths(lengths, T, B):
     if lengths is None:
         return None
     arr = np.asarray(lengths)
+    if arr.size == 0 and arr.dtype.kind == "f":  # [] for an empty batch: NumPy calls it float
+        arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
     if arr.shape != (B,):
@@ -80,8 +122,8 @@ def _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
         raise TypeError(f"weight_hh must have dtype float32 or float64, got {dtype}")
     dtype = FLOAT_DTYPES[0] if dtype == FLOAT_DTYPES[0] else FLOAT_DTYPES[1]  # the canonical object
     weight_hh = as_array(weight_hh, "weight_hh", dtype)
-    if weight_hh.ndim != 2 or weight_hh.shape[0] != weight_hh.shape[1]:
-        raise ValueError(f"weight_hh must have shape (H, H), got {weight_hh.shape}")
+    if weight_hh.ndim != 2 or weight_hh.shape[0] != weight_hh.shape[1] or not weight_hh.shape[0]:
+        raise ValueError(f"weight_hh must have shape (H, H) with H >= 1, got {weight_hh.shape}")
     H = weight_hh.shape[0]
     x = as_array(x, "x", dtype)
     if x.ndim != 3:
@@ -97,6 +139,20 @@ def _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
     if bias_hh is not None:
         bias_hh = _optional(bias_hh, "bias_hh", dtype, (H,))
     return x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype
+
+
+def check_output(a, name, dtype, shape):
+    """An array the call writes into: an ndarray of exactly ``dtype`` and ``shape``, writable,
+    C-contiguous and aligned (it is written in place, so it is never copied)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
+    check_shape(a, name, shape)
+    if not a.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    if not (a.flags.c_contiguous and a.flags.aligned):
+        raise ValueError(f"{name} must be C-contiguous and aligned (it is written in place)")
 
 
 def _optional(a, name, dtype, shape):
@@ -132,11 +188,18 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
     h0 = _optional(h0, "h0", dtype, (B, H))
     lengths = as_lengths(lengths, T, B)
     if out is None:
-        out = np.empty((T, B, H), dtype)
-    else:
-        out = as_array(out, "out", dtype)
+        out = empty((T, B, H), dtype, "out")
+    else:  # written in place: exactly the dtype, never a converted copy
+        if not isinstance(out, np.ndarray) or out.dtype != dtype:
+            raise TypeError(f"out must be a numpy.ndarray of dtype {np.dtype(dtype).name}, got "
+                            f"{getattr(out, 'dtype', type(out).__name__)}")
         check_shape(out, "out", (T, B, H))
-    h_n = np.empty((B, H), dtype)
+        if not out.flags.writeable:
+            raise ValueError("out must be writable")
+        check_disjoint([("out", out)], [("x", x), ("weight_ih", weight_ih),
+                                        ("weight_hh", weight_hh), ("bias_ih", bias_ih),
+                                        ("bias_hh", bias_hh), ("h0", h0)])
+    h_n = empty((B, H), dtype, "h_n")
     forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, nonlinearity,
                  reverse, out, h_n)
     return out, h_n
@@ -191,18 +254,24 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     if grads is None:
         grads = (np.zeros((H, I), dtype), np.zeros((H, H), dtype),
                  np.zeros(H, dtype) if bias else None, np.zeros(H, dtype) if bias else None)
+    if not isinstance(grads, (tuple, list)) or len(grads) != 4:
+        raise TypeError("grads must be a tuple (grad_weight_ih, grad_weight_hh, grad_bias_ih, "
+                        "grad_bias_hh) of arrays (biases: None without bias)")
     dW_ih, dW_hh, db_ih, db_hh = grads
-    for name, g, shape in (("grad_weight_ih", dW_ih, (H, I)), ("grad_weight_hh", dW_hh, (H, H)),
-                           ("grad_bias_ih", db_ih, (H,)), ("grad_bias_hh", db_hh, (H,))):
+    names = ("grad_weight_ih", "grad_weight_hh", "grad_bias_ih", "grad_bias_hh")
+    for name, g, shape in zip(names, grads, ((H, I), (H, H), (H,), (H,))):
         if g is not None:
-            check_shape(as_array(g, name, dtype), name, shape)
+            check_output(g, name, dtype, shape)
     if grad_x is None:
-        grad_x = np.empty((T, B, I), dtype)
+        grad_x = empty((T, B, I), dtype, "grad_x")
         accumulate_grad_x = False
     else:
-        check_shape(as_array(grad_x, "grad_x", dtype), "grad_x", (T, B, I))
-    grad_h0 = np.empty((B, H), dtype)
-    norms = np.empty(T)
+        check_output(grad_x, "grad_x", dtype, (T, B, I))
+    check_disjoint(list(zip(names, grads)) + [("grad_x", grad_x)],
+                   [("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh), ("out", out),
+                    ("h0", h0), ("grad_out", grad_out), ("grad_h_n", grad_h_n)])
+    grad_h0 = empty((B, H), dtype, "grad_h0")
+    norms = empty((T,), np.float64, "grad_norms")
     backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
                   nonlinearity, reverse, grads, grad_x, accumulate_grad_x, grad_h0, norms)
     return RNNGrads(grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)

@@ -46,13 +46,24 @@ def _check_size(value, name, allow_zero=False):
 
 
 def _check_dtype(dtype):
+    if dtype is None:  # as torch: None means the default (np.dtype(None) would be float64)
+        return np.dtype(np.float32)
     try:
         dt = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in F.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def _make_rng(seed):
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError("seed must be None or a non-negative int, got bool")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed must be None or a non-negative int, got {seed!r} ({exc})") from None
 
 
 def _check_bool(value, name):
@@ -67,7 +78,9 @@ class Parameter:
     never None) and ``.name``.
 
     ``.data`` may be changed in place, or replaced by an array of the same shape and dtype;
-    either takes effect at the next call (nothing keeps a stale copy of the weights).
+    either takes effect at the next call (nothing keeps a stale copy of the weights). Both
+    arrays are updated in place (optimizers, backward), so a replacement must be writable, and
+    ``.grad`` also C-contiguous.
     """
 
     __slots__ = ("_data", "_grad", "name")
@@ -76,15 +89,14 @@ class Parameter:
         data = np.asarray(data)
         if data.dtype not in F.FLOAT_DTYPES:
             raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
+        if not data.flags.writeable:
+            raise ValueError("Parameter data must be writable (optimizers update it in place)")
         self._data = data
-        self._grad = np.zeros_like(data)
+        self._grad = np.zeros(data.shape, data.dtype)
         self.name = name
 
-    def _checked(self, value, what):
-        label = f"{self.name}.{what}" if self.name else what
-        value = F.as_array(value, label, self._data.dtype)
-        F.check_shape(value, label, self._data.shape)
-        return value
+    def _label(self, what):
+        return f"{self.name}.{what}" if self.name else what
 
     @property
     def data(self):
@@ -92,7 +104,12 @@ class Parameter:
 
     @data.setter
     def data(self, value):
-        self._data = self._checked(value, "data")
+        label = self._label("data")
+        value = F.as_array(value, label, self._data.dtype)
+        F.check_shape(value, label, self._data.shape)
+        if not value.flags.writeable:
+            raise ValueError(f"{label} must be writable (optimizers update it in place)")
+        self._data = value
 
     @property
     def grad(self):
@@ -100,7 +117,9 @@ class Parameter:
 
     @grad.setter
     def grad(self, value):
-        self._grad = self._checked(value, "grad")
+        # kept as given (gradients accumulate into it), so never a converted copy
+        F.check_output(value, self._label("grad"), self._data.dtype, self._data.shape)
+        self._grad = value
 
     @property
     def shape(self):
@@ -178,6 +197,8 @@ class Module:
             if v.shape != p.shape:
                 raise ValueError(f"load_state_dict: {name!r} must have shape {p.shape}, got "
                                  f"{v.shape}")
+            if not p.data.flags.writeable:
+                raise ValueError(f"load_state_dict: parameter {name!r} is read-only")
             staged[name] = v.astype(p.dtype)
         for name, v in staged.items():
             self._params[name].data[...] = v
@@ -197,6 +218,7 @@ class Module:
         return self.forward(*args, **kwargs)
 
     def _uniform(self, rng, shape, bound, dtype):
+        F.check_nbytes(shape, np.float64, f"{type(self).__name__}: a parameter")
         return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
@@ -235,8 +257,10 @@ class RNN(Module):
         self.bias = _check_bool(bias, "bias")
         self.batch_first = _check_bool(batch_first, "batch_first")
         self.bidirectional = _check_bool(bidirectional, "bidirectional")
-        if (isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating, np.integer))
-                or not 0 <= dropout <= 1):
+        if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.floating, np.integer)):
+            raise TypeError(f"dropout should be a number in range [0, 1], got "
+                            f"{type(dropout).__name__}")
+        if not 0 <= dropout <= 1:
             raise ValueError("dropout should be a number in range [0, 1] representing the "
                              f"probability of an element being zeroed, got {dropout!r}")
         if dropout > 0 and self.num_layers == 1:
@@ -246,7 +270,7 @@ class RNN(Module):
         self.dropout = float(dropout)
         self.dtype = _check_dtype(dtype)
         self.backend = _backend.resolve(backend)
-        self._rng = np.random.default_rng(seed)
+        self._rng = _make_rng(seed)
         D = 2 if self.bidirectional else 1
         H = self.hidden_size
         bound = 1.0 / math.sqrt(H)
@@ -270,6 +294,12 @@ class RNN(Module):
     @property
     def num_directions(self):
         return 2 if self.bidirectional else 1
+
+    def _config(self):
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, nonlinearity=self.nonlinearity, bias=self.bias,
+                    batch_first=self.batch_first, dropout=self.dropout,
+                    bidirectional=self.bidirectional, dtype=self.dtype.name)
 
     def __repr__(self):
         s = f"RNN({self.input_size}, {self.hidden_size}"
@@ -308,17 +338,17 @@ class RNN(Module):
                                  f"should also be {3 if batched else 2}-D but got {h0.ndim}-D array")
             expected = (nL * D, B, H) if batched else (nL * D, H)
             if h0.shape != expected:
-                raise ValueError(f"Expected hidden size {expected}, got {h0.shape}")
+                raise ValueError(f"h0: Expected hidden size {expected}, got {h0.shape}")
             if not batched:
                 h0 = h0[:, None, :]
         lengths = F.as_lengths(lengths, T, B)
         x = np.ascontiguousarray(x)
         record = is_grad_enabled()
-        h_n = np.empty((nL * D, B, H), self.dtype)
+        h_n = F.empty((nL * D, B, H), self.dtype, "h_n")
         layers = []
         inp, in_mask = x, None  # in_mask: the dropout mask that produced inp (None: no dropout)
         for k in range(nL):
-            out = np.empty((T, B, D * H), self.dtype)
+            out = F.empty((T, B, D * H), self.dtype, f"the output of layer {k}")
             for d in range(D):
                 _, W_ih, W_hh, b_ih, b_hh = self._cells[k * D + d]
                 F.forward_into(self.backend, inp, W_ih._data, W_hh._data,
@@ -364,13 +394,15 @@ class RNN(Module):
             F.check_shape(grad_h_n, "grad_h_n", (nL * D, B, H) if batched else (nL * D, H))
             if not batched:
                 grad_h_n = grad_h_n[:, None, :]
+        for name, p in self._params.items():  # all checked before any gradient is touched
+            F.check_output(p._grad, f"{name}.grad", self.dtype, p.shape)
         self._ctx = None
-        grad_h0 = np.empty((nL * D, B, H), self.dtype)
+        grad_h0 = F.empty((nL * D, B, H), self.dtype, "grad_h0")
         norms = {}
         g_layer = grad_out
         for k in reversed(range(nL)):
             inp, out, in_mask = layers[k]
-            gx = np.empty(inp.shape, self.dtype)
+            gx = F.empty(inp.shape, self.dtype, f"the input gradient of layer {k}")
             for d in range(D):
                 sfx, W_ih, W_hh, b_ih, b_hh = self._cells[k * D + d]
                 cols = slice(d * H, (d + 1) * H) if D > 1 else slice(None)
@@ -499,7 +531,7 @@ class RNNCell(Module):
         self.bias = _check_bool(bias, "bias")
         self.dtype = _check_dtype(dtype)
         self.backend = _backend.resolve(backend)
-        rng = np.random.default_rng(seed)
+        rng = _make_rng(seed)
         H, bound = self.hidden_size, 1.0 / math.sqrt(self.hidden_size)
         self._add_param("weight_ih", self._uniform(rng, (H, self.input_size), bound, self.dtype))
         self._add_param("weight_hh", self._uniform(rng, (H, H), bound, self.dtype))
@@ -511,6 +543,10 @@ class RNNCell(Module):
         self._cell = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
         self._relu = nonlinearity == "relu"
         self._step = _backend.core().rnn_cell_step if self.backend == "cpu" else None
+
+    def _config(self):
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                    nonlinearity=self.nonlinearity, dtype=self.dtype.name)
 
     def __repr__(self):
         s = f"RNNCell({self.input_size}, {self.hidden_size}"
@@ -561,11 +597,21 @@ class RNNCell(Module):
             if hb.shape[0] != B:
                 raise ValueError(f"Input batch size {B} doesn't match hidden batch size {hb.shape[0]}")
             h = np.ascontiguousarray(hb)
-        xb = np.ascontiguousarray(xb)[None]
         b_ih, b_hh = self._biases()
-        out, _ = F.rnn_forward(xb, self._params["weight_ih"].data, self._params["weight_hh"].data,
-                               b_ih, b_hh, h, None, self.nonlinearity, backend=self.backend)
-        h1 = out[0] if batched else out[0, 0]
+        W_ih, W_hh = self._params["weight_ih"].data, self._params["weight_hh"].data
+        h1 = None
+        if self._step is not None:
+            # The fast path's own kernel on C-contiguous aligned arrays, so that the result never
+            # depends on the layout or byte order the arguments came in.
+            def c(a):
+                return None if a is None else np.require(a, requirements=["C", "A"])
+            h1 = self._step(c(xb), c(h), c(W_ih), c(W_hh), c(b_ih), c(b_hh), self._relu)
+        if h1 is None:
+            out, _ = F.rnn_forward(np.ascontiguousarray(xb)[None], W_ih, W_hh, b_ih, b_hh, h, None,
+                                   self.nonlinearity, backend=self.backend)
+            h1 = out[0]
+        if not batched:
+            h1 = h1[0]
         self._ctx = (x, None if h is None else (h if batched else h[0]), h1) if is_grad_enabled() else None
         return h1
 
@@ -575,7 +621,6 @@ class RNNCell(Module):
         batched = x.ndim == 2
         g = F.as_array(grad_h1, "grad_h1", self.dtype)
         F.check_shape(g, "grad_h1", h1.shape)
-        self._ctx = None
         xb = np.ascontiguousarray(x if batched else x[None])[None]        # (1, B, I)
         out = h1[None] if batched else h1[None, None]                     # (1, B, H)
         if h is not None:
@@ -586,6 +631,7 @@ class RNNCell(Module):
         r = F.rnn_backward(xb, p["weight_ih"].data, p["weight_hh"].data, out, h0=h,
                            grad_out=g.reshape(out.shape), nonlinearity=self.nonlinearity,
                            bias=self.bias, grads=grads, backend=self.backend)
+        self._ctx = None  # consumed only once it has succeeded (a rejected call changes nothing)
         if batched:
             return r.grad_x[0], r.grad_h0
         return r.grad_x[0, 0], r.grad_h0[0]
@@ -627,7 +673,7 @@ class Linear(Module):
         self.out_features = _check_size(out_features, "out_features")
         has_bias = _check_bool(bias, "bias")
         self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = _make_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         self._add_param("weight", self._uniform(rng, (self.out_features, self.in_features), bound, self.dtype))
         if has_bias:  # as torch: .bias is the Parameter, or None
@@ -635,6 +681,10 @@ class Linear(Module):
         else:
             self.bias = None
         self._ctx = None
+
+    def _config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    bias=self.bias is not None, dtype=self.dtype.name)
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
@@ -657,13 +707,16 @@ class Linear(Module):
         x = _backward_context(self._ctx, "Linear")
         g = F.as_array(grad_y, "grad_y", self.dtype)
         F.check_shape(g, "grad_y", x.shape[:-1] + (self.out_features,))
-        self._ctx = None
+        for name, p in self._params.items():
+            F.check_output(p.grad, f"{name}.grad", self.dtype, p.shape)
         g2 = g.reshape(-1, self.out_features)
         w = self._params["weight"]
+        grad_x = _matmul(g2, w.data).reshape(x.shape)
+        self._ctx = None  # everything allocated: only the in-place additions are left
         _matmul(g2, x.reshape(-1, self.in_features), trans_a=True, out=w.grad, beta=1.0)
         if self.bias is not None:
             self.bias.grad += g2.sum(axis=0)
-        return _matmul(g2, w.data).reshape(x.shape)
+        return grad_x
 
 
 # ----------------------------------------------------------------------------- Embedding
@@ -684,12 +737,17 @@ class Embedding(Module):
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
         self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = _make_rng(seed)
+        F.check_nbytes((self.num_embeddings, self.embedding_dim), np.float64, "Embedding: weight")
         w = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             w[padding_idx] = 0
         self._add_param("weight", w)
         self._ctx = None
+
+    def _config(self):
+        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
+                    padding_idx=self.padding_idx, dtype=self.dtype.name)
 
     def __repr__(self):
         s = f"Embedding({self.num_embeddings}, {self.embedding_dim}"
@@ -711,6 +769,8 @@ class Embedding(Module):
         idx = _backward_context(self._ctx, "Embedding")
         g = F.as_array(grad, "grad", self.dtype)
         F.check_shape(g, "grad", idx.shape + (self.embedding_dim,))
+        weight = self._params["weight"]
+        F.check_output(weight.grad, "weight.grad", self.dtype, weight.shape)
         self._ctx = None
         flat_idx = idx.reshape(-1)
         flat_g = g.reshape(-1, self.embedding_dim)

@@ -39,6 +39,8 @@ def softmax(x, axis=-1):
 
 def _float_pred(pred):
     pred = np.asarray(pred)
+    if pred.dtype.kind == "f" and pred.dtype.newbyteorder("=") in F.FLOAT_DTYPES:
+        pred = pred.astype(pred.dtype.newbyteorder("="), copy=False)  # byte order: values kept
     if pred.dtype not in F.FLOAT_DTYPES:
         raise TypeError(f"pred must have dtype float32 or float64, got {pred.dtype}")
     return pred
@@ -61,6 +63,9 @@ def _mask(mask, shape):
 
 class _Loss:
     def __init__(self, reduction="mean"):
+        if not isinstance(reduction, str):
+            raise TypeError(f"reduction must be a str, 'mean' or 'sum', got "
+                            f"{type(reduction).__name__}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
@@ -95,6 +100,16 @@ class _Loss:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
 
+def _real_target(target):
+    """``target`` as float64, from booleans, integers or floats only (never a silent cast of
+    complex, string or object values)."""
+    target = np.asarray(target)
+    if target.dtype.kind not in "biuf":
+        raise TypeError(f"target must hold real numbers (bool, int or float), got dtype "
+                        f"{target.dtype}")
+    return target.astype(np.float64, copy=False)
+
+
 def _same_shape(pred, target):
     if pred.shape != target.shape:
         raise ValueError(f"target must have the shape of pred {pred.shape}, got {target.shape}")
@@ -105,7 +120,7 @@ class MSELoss(_Loss):
 
     def __call__(self, pred, target, mask=None):
         pred = _float_pred(pred)
-        target = np.asarray(target, dtype=np.float64)
+        target = _real_target(target)
         _same_shape(pred, target)
         diff = pred.astype(np.float64) - target
         return self._finish(diff * diff, 2.0 * diff, _mask(mask, pred.shape), pred.dtype)
@@ -119,7 +134,7 @@ class BCEWithLogitsLoss(_Loss):
 
     def __call__(self, pred, target, mask=None):
         pred = _float_pred(pred)
-        target = np.asarray(target, dtype=np.float64)
+        target = _real_target(target)
         _same_shape(pred, target)
         z = pred.astype(np.float64)
         per = np.maximum(z, 0.0) - z * target + np.log1p(np.exp(-np.abs(z)))
@@ -150,6 +165,8 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"target must have shape {pred.shape[:-1]} (pred without its class "
                              f"axis), got {target.shape}")
         C = pred.shape[-1]
+        if C == 0:
+            raise ValueError(f"pred must have at least one class, got shape {pred.shape}")
         keep = target != self.ignore_index
         m = _mask(mask, target.shape)
         if m is not None:

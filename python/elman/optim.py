@@ -44,7 +44,8 @@ def _hyper(value, name, positive=False, optional=False):
 def grad_norm(params):
     """Global L2 norm of all gradients, as a Python float. One BLAS dot product per gradient
     in its own precision; only when that overflows (or underflows to 0 from nonzero values)
-    is the norm recomputed in float64 with scaling, so finite gradients never give inf."""
+    is the norm recomputed in float64 with scaling, so finite gradients never give inf.
+    NaN if any gradient holds a NaN, else inf if any holds an inf."""
     grads = [p.grad.reshape(-1) for p in _param_list(params) if p.grad.size]
     if not grads:
         return 0.0
@@ -54,11 +55,24 @@ def grad_norm(params):
             sq += float(np.dot(g, g))
     if math.isfinite(sq) and (sq > 1e-30 or sq == 0.0 and not any(g.any() for g in grads)):
         return math.sqrt(sq)
-    m = max(float(np.max(np.abs(g))) for g in grads)
-    if m == 0.0 or not math.isfinite(m):
-        return m if not math.isnan(m) else float("nan")
+    maxima = [float(np.max(np.abs(g))) for g in grads]
+    if any(math.isnan(m) for m in maxima):
+        return float("nan")
+    m = max(maxima)
+    if m == 0.0 or math.isinf(m):
+        return m
     sq = sum(float(np.sum(np.square(g.astype(np.float64) / m))) for g in grads)
     return m * math.sqrt(sq)
+
+
+def _check_writable(params, what):
+    """Every array about to be changed in place is writable: checked before the first change,
+    so that a read-only array cannot leave a step half done."""
+    for p in params:
+        for name, a in what(p):
+            if not a.flags.writeable:
+                label = f"{p.name}.{name}" if p.name else name
+                raise ValueError(f"{label} is read-only; it must be writable to be updated")
 
 
 def _nonfinite_error(norm):
@@ -70,8 +84,9 @@ def _nonfinite_error(norm):
 def _scale_to_norm(params, norm, max_norm):
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0 or math.isnan(coef):
-        for p in params:
-            p.grad *= coef
+        with np.errstate(invalid="ignore"):  # inf * 0 = NaN is the documented outcome here
+            for p in params:
+                p.grad *= coef
 
 
 def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
@@ -81,6 +96,8 @@ def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
     unless ``error_if_nonfinite`` is False."""
     params = _param_list(params)
     max_norm = _hyper(max_norm, "max_norm")
+    error_if_nonfinite = _flag(error_if_nonfinite, "error_if_nonfinite")
+    _check_writable(params, lambda p: [("grad", p.grad)])
     norm = grad_norm(params)
     if not math.isfinite(norm) and error_if_nonfinite:
         raise _nonfinite_error(norm)
@@ -92,8 +109,15 @@ def clip_grad_value_(params, clip_value):
     """Clamps every gradient element to [-clip_value, clip_value] in place (NaN stays NaN)."""
     params = _param_list(params)
     clip_value = _hyper(clip_value, "clip_value")
+    _check_writable(params, lambda p: [("grad", p.grad)])
     for p in params:
         np.clip(p.grad, -clip_value, clip_value, out=p.grad)
+
+
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
 
 
 class SGD:
@@ -104,25 +128,26 @@ class SGD:
 
     ``step()`` first clips the gradients in place (``clip_norm``: global L2 norm, then
     ``clip_value``: elementwise), then updates, and returns the global gradient norm measured
-    before clipping. A non-finite gradient norm raises FloatingPointError and leaves every
-    parameter, gradient and momentum buffer unchanged (``error_if_nonfinite=False`` lets it
-    through, as torch would).
+    before clipping. A step is all or nothing: a non-finite gradient norm raises
+    FloatingPointError, a read-only array ValueError, a failed allocation MemoryError, and each
+    leaves every parameter, gradient and momentum buffer unchanged (``error_if_nonfinite=False``
+    lets a non-finite norm through, as torch would).
     """
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
                  clip_norm=None, clip_value=None, error_if_nonfinite=True):
         self.params = _param_list(params)
+        if not self.params:
+            raise ValueError("SGD got an empty parameter list")
         self.lr = _hyper(lr, "lr")
         self.momentum = _hyper(momentum, "momentum")
         self.weight_decay = _hyper(weight_decay, "weight_decay")
         self.clip_norm = _hyper(clip_norm, "clip_norm", optional=True)
         self.clip_value = _hyper(clip_value, "clip_value", positive=True, optional=True)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
-        if nesterov and self.momentum == 0:
+        self.nesterov = _flag(nesterov, "nesterov")
+        if self.nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum requires a momentum > 0")
-        self.nesterov = bool(nesterov)
-        self.error_if_nonfinite = bool(error_if_nonfinite)
+        self.error_if_nonfinite = _flag(error_if_nonfinite, "error_if_nonfinite")
         self._buffers = [None] * len(self.params)
 
     def zero_grad(self):
@@ -130,27 +155,41 @@ class SGD:
             p.zero_grad()
 
     def step(self):
+        clips = self.clip_norm is not None or self.clip_value is not None
+        _check_writable(self.params, lambda p: [("data", p.data)] + ([("grad", p.grad)] if clips else []))
         norm = grad_norm(self.params)
         if not math.isfinite(norm) and self.error_if_nonfinite:
             raise _nonfinite_error(norm)
+        coef = None
         if self.clip_norm is not None:
-            _scale_to_norm(self.params, norm, self.clip_norm)
-        if self.clip_value is not None:
-            for p in self.params:
-                np.clip(p.grad, -self.clip_value, self.clip_value, out=p.grad)
+            coef = self.clip_norm / (norm + 1e-6)
+            if not (coef < 1.0 or math.isnan(coef)):
+                coef = None  # below the limit: no scaling
+        # Everything new is computed first (the only step that allocates), then committed by
+        # copies that cannot fail: an exception before the commit changes nothing.
+        staged = []
         for i, p in enumerate(self.params):
             g = p.grad
+            if coef is not None:
+                with np.errstate(invalid="ignore"):  # only with error_if_nonfinite=False
+                    g = g * p.dtype.type(coef)
+            if self.clip_value is not None:
+                g = np.clip(g, -self.clip_value, self.clip_value)
+            clipped = g if clips else None
             if self.weight_decay:
                 g = g + self.weight_decay * p.data
+            buf = None
             if self.momentum:
-                buf = self._buffers[i]
-                if buf is None:
-                    buf = self._buffers[i] = np.array(g, copy=True)
-                else:
-                    buf *= self.momentum
-                    buf += g
+                old = self._buffers[i]
+                buf = np.array(g, copy=True) if old is None else self.momentum * old + g
                 g = g + self.momentum * buf if self.nesterov else buf
-            p.data -= self.lr * g
+            staged.append((clipped, buf, p.data - self.lr * g))
+        for i, (p, (clipped, buf, data)) in enumerate(zip(self.params, staged)):
+            if clipped is not None:
+                np.copyto(p.grad, clipped)
+            if buf is not None:
+                self._buffers[i] = buf
+            np.copyto(p.data, data)
         return norm
 
     def __repr__(self):

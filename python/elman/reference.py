@@ -6,7 +6,10 @@ Written to be read, not to be fast: an explicit loop over time that mirrors the 
 Shape legend: T time steps, B batch, I input features, H hidden units. One call covers one
 layer in one direction; ``reverse=True`` processes t = T-1 .. 0. With ``lengths``, step t is
 valid for sequence b iff t < lengths[b]: invalid steps keep the state, write 0 to ``out`` and
-never enter a sum (the semantics of a packed sequence).
+never enter a sum (the semantics of a packed sequence). A state that is not there (h0=None
+before a sequence's first step; no next step in BPTT) contributes exactly 0, never 0 * W_hh:
+NaN or Inf in the weights reach a sequence only through a state it has (so a sequence's result
+never depends on which other sequences share its batch).
 """
 
 import numpy as np
@@ -55,14 +58,17 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, lengths=None,
     if b_hh is not None:
         bias = bias + np.asarray(b_hh, dtype)
     h = np.zeros((B, H), dtype) if h0 is None else np.array(h0, dtype)  # (B, H) carried state
+    has_state = np.full((B, 1), h0 is not None)                 # (B, 1) False: no state yet
     out = np.zeros((T, B, H), dtype)                            # (T, B, H)
     xp = x @ W_ih.T                                             # (T, B, H) input projection
     for t in _time_order(T, reverse):
         valid = (t < L)[:, None]                                # (B, 1)
-        z = (xp[t] + bias) + h @ W_hh.T                         # (B, H)
+        rec = np.where(has_state, h @ W_hh.T, 0.0)              # (B, H) 0 without a state
+        z = (xp[t] + bias) + rec                                # (B, H)
         h_new = activate(z, nonlinearity)                       # (B, H)
         out[t] = np.where(valid, h_new, 0.0)                    # (B, H) 0 past the length
         h = np.where(valid, h_new, h)                           # (B, H) frozen past the length
+        has_state = has_state | valid                           # (B, 1)
     return out, h
 
 
@@ -93,17 +99,21 @@ def rnn_backward(x, W_ih, W_hh, out, h0=None, grad_out=None, grad_h_n=None, leng
         g = np.where(valid[:, None], dz[t] @ W_hh, g)           # (B, H) into the previous state
 
     # Weight gradients over valid steps only; prev[t] is the state each step started from.
+    # Without h0, a sequence's first step has no previous state and adds nothing to dW_hh.
     h = np.zeros((B, H), dtype) if h0 is None else np.array(h0, dtype)   # (B, H)
+    has_state = np.full(B, h0 is not None)                      # (B,)
     dW_ih = np.zeros((H, I), dtype)
     dW_hh = np.zeros((H, H), dtype)
     db = np.zeros(H, dtype)
     grad_x = np.zeros((T, B, I), dtype)
     for t in _time_order(T, reverse):
         v = t < L                                               # (B,)
+        vs = v & has_state                                      # (B,)
         dW_ih += dz[t][v].T @ x[t][v]                           # (H, I)
-        dW_hh += dz[t][v].T @ h[v]                              # (H, H)
+        dW_hh += dz[t][vs].T @ h[vs]                            # (H, H)
         db += dz[t][v].sum(axis=0)                              # (H,)
         grad_x[t][v] = dz[t][v] @ W_ih                          # (B_valid, I)
         h = np.where(v[:, None], out[t], h)                     # (B, H)
+        has_state = has_state | v                               # (B,)
     return {"grad_x": grad_x, "grad_h0": g, "dW_ih": dW_ih, "dW_hh": dW_hh, "db": db,
             "grad_norms": norms}
