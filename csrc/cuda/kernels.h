@@ -301,6 +301,15 @@ ELMAN_BODY T next_dz(const StepArgs<T>& a, int64_t t, int64_t b, int64_t j) {
   return a.dz[(time_of(sh, step_of(sh, t) + 1) * sh.B + b) * sh.H + j];
 }
 
+// Whether sequence b has a state before the step at time t (h0, or an earlier valid step). A
+// missing state contributes exactly 0, never 0 * W_hh (the CPU kernels and the reference agree).
+template <typename T>
+ELMAN_BODY bool has_state(const StepArgs<T>& a, int64_t t, int64_t b) {
+  const RnnShape& sh = a.shape;
+  const int64_t s = step_of(sh, t);
+  return a.h0 != nullptr || (s > 0 && valid_at(sh, time_of(sh, s - 1), b));
+}
+
 // Forward epilogue: h_t[b, j] = f(x W_ih^T + bias + W_hh h_{t-1}), or 0 at an invalid step.
 template <typename T>
 ELMAN_BODY void fwd_epilogue(const StepArgs<T>& a, int64_t t, int64_t b, int64_t j, T dot) {
@@ -310,7 +319,7 @@ ELMAN_BODY void fwd_epilogue(const StepArgs<T>& a, int64_t t, int64_t b, int64_t
     return;
   }
   const T pre = a.bias ? *o + a.bias[j] : *o;
-  *o = activate(a.shape.act, pre + dot);
+  *o = activate(a.shape.act, pre + (has_state(a, t, b) ? dot : T(0)));
 }
 // Backward epilogue: dh = grad_out + (dz_next W_hh, or grad_h_n after the last valid step),
 // dz = f'(h) dh; both 0 at an invalid step.
