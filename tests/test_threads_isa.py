@@ -64,6 +64,40 @@ def test_every_isa_matches_reference_on_simd_tails(isa, dtype, H):
             assert_close(got[8], r["grad_norms"], dtype, what="grad_norms")
 
 
+# Shapes whose backward takes the chunked path with 2 threads (rows split between the threads,
+# the weight gradients computed chunk by chunk beside the recurrence): several chunks with a
+# partial last one, dW rows split below and above the packed product's 128-row threshold.
+CHUNKED = [(37, 8, 19, 72), (70, 17, 33, 130), (61, 9, 5, 260)]
+
+
+@pytest.mark.parametrize("T,B,I,H", CHUNKED)
+def test_chunked_backward_matches_reference(isa, T, B, I, H):
+    rng = np.random.default_rng(T)
+    previous = elman.get_num_threads()
+    dtype = np.float32
+    c = _case(rng, T, B, I, H, dtype)
+    g = rng.standard_normal((T, B, H)).astype(dtype)
+    g_hn = rng.standard_normal((B, H)).astype(dtype)
+    try:
+        elman.set_num_threads(2)
+        for reverse, act in [(False, "tanh"), (True, "relu")]:
+            out, h_n = F.rnn_forward(**c, reverse=reverse, nonlinearity=act, backend="cpu")
+            got = F.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"], out, c["h0"], g, g_hn,
+                                 None, act, reverse, backend="cpu")
+            r = reference.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"], out, c["h0"], g,
+                                       g_hn, None, act, reverse)
+            assert_close(got.grad_x, r["grad_x"], dtype, what="grad_x")
+            assert_close(got.grad_h0, r["grad_h0"], dtype, what="grad_h0")
+            scale = max_abs(r["dW_ih"], r["dW_hh"], r["db"])
+            for name, a, e in [("dW_ih", got.grad_weight_ih, r["dW_ih"]),
+                               ("dW_hh", got.grad_weight_hh, r["dW_hh"]),
+                               ("db_ih", got.grad_bias_ih, r["db"])]:
+                assert_close(a, e, dtype, "weight", name, scale)
+            assert_close(got.grad_norms, r["grad_norms"], dtype, what="grad_norms")
+    finally:
+        elman.set_num_threads(previous)
+
+
 def test_tn_product_against_numpy(isa):
     """The weight-gradient product on its own, both of its code paths (fewer / more than 128
     rows), odd sizes."""

@@ -39,6 +39,7 @@ struct FwdStep {
   T* out = nullptr;                     // row b at out + b * ld_out
   int64_t ld_out = 0;
   const uint8_t* valid = nullptr;       // [B] or nullptr: all rows valid
+  int64_t prefetch_stride = 0;          // elements from out to the next step's out (0: none)
 };
 
 // One backward step over rows [r0, r1) and panels [p0, p1):
@@ -69,6 +70,7 @@ struct BwdStep {
   const uint8_t* valid = nullptr;
   double* sumsq = nullptr;              // nullptr: norms not wanted
   double* dbsum = nullptr;              // [H] column sums of dz over valid rows are added, or nullptr
+  int64_t prefetch_go = 0, prefetch_h = 0;  // elements to the next step's grad_out, h (0: none)
 };
 
 // One right-hand side of a transposed product that shares its left operand A [K, M]:

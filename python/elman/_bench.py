@@ -188,7 +188,9 @@ QUIET_GAP_S = 0.15
 def time_alternating(fns, rounds, target_s, gap_s=QUIET_GAP_S):
     """fns: dict name -> callable. Per round, one timed block per backend in turn, each after a
     quiet gap, so all backends see the same machine state and none runs while another's
-    thread pool is still spinning. Returns dict name -> list of per-call block means."""
+    thread pool is still spinning, and after one untimed call (the gap lets every library's
+    threads fall asleep and the cores idle; waking them is not what a block measures).
+    Returns dict name -> list of per-call block means."""
     reps = {}
     for k, f in fns.items():
         time.sleep(gap_s)
@@ -197,6 +199,7 @@ def time_alternating(fns, rounds, target_s, gap_s=QUIET_GAP_S):
     for _ in range(rounds):
         for k, f in fns.items():
             time.sleep(gap_s)
+            f()
             times[k].append(_time_block(f, reps[k]))
     return times
 
