@@ -207,8 +207,8 @@ def main(argv=None):
     pb.add_argument("--rounds", type=int, help="alternating timed blocks per backend (median taken)")
     pb.add_argument("--block", type=float, default=0.05, help="seconds per timed block (default 0.05)")
     pb.add_argument("--gap", type=float, default=0.15,
-                    help="idle seconds before each timed block, so that the previous library's "
-                         "spinning threads have stopped (default 0.15)")
+                    help="idle seconds before each timed block and its one untimed call, so that "
+                         "the previous library's spinning threads have stopped (default 0.15)")
     pb.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     pb.add_argument("--plot", metavar="FILE.png", help="plot speed-up against work (needs matplotlib)")
     pb.add_argument("--no-cell", action="store_true", help="skip the RNNCell streaming measurement")
