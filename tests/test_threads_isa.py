@@ -94,6 +94,12 @@ def test_chunked_backward_matches_reference(isa, T, B, I, H):
                                ("db_ih", got.grad_bias_ih, r["db"])]:
                 assert_close(a, e, dtype, "weight", name, scale)
             assert_close(got.grad_norms, r["grad_norms"], dtype, what="grad_norms")
+            # the input gradient added into an existing array
+            base = rng.standard_normal((T, B, I)).astype(dtype)
+            gx = base.copy()
+            F.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"], out, c["h0"], g, g_hn, None,
+                           act, reverse, grad_x=gx, accumulate_grad_x=True, backend="cpu")
+            assert_close(gx, base + r["grad_x"], dtype, what="grad_x accumulated")
     finally:
         elman.set_num_threads(previous)
 

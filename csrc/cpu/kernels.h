@@ -113,6 +113,10 @@ struct Kernels {
   // Rows [m0, m1) of every target's C (see TnTarget), A [K, M] with row stride lda.
   void (*tn_product)(const T* A, int64_t lda, int64_t m0, int64_t m1, const TnTarget<T>* targets,
                      int32_t ntargets);
+  // Rows [r0, r1) of C [., N] = (or +=, with accumulate) A [., K] times B [K, N], B packed in
+  // the panels of N columns (pack with trans = false): the input gradient dZ W_ih.
+  void (*nn_rows)(const T* A, int64_t lda, int64_t r0, int64_t r1, int64_t K, const Panel* panels,
+                  int64_t npanels, const T* Bp, int64_t N, T* C, int64_t ldc, bool accumulate);
 };
 
 // The table for the active ISA level (the best this CPU supports, or lower when the

@@ -403,7 +403,14 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   const bool fused = rp.by_rows && uniform && nchunks > 1 &&
                      double(chunk * B) * double(2 * H + I) * sizeof(T) <= 768.0 * 1024.0;
   const int wpc = fused ? gemm_parts(H, I + H, chunk * B, threads) : 0;
-  P = std::max(P, wpc);
+  // grad_x = dZ W_ih chunk by chunk too, with W_ih packed like W_hh (kernel nn_rows).
+  const bool fused_x = fused && a.grad_x && I > 0;
+  const std::vector<Panel> ipanels = fused_x ? PanelLayout<T>::plan(K, I) : std::vector<Panel>();
+  const int64_t nipanels = int64_t(ipanels.size());
+  Scratch<T> Wip(fused_x ? (ipanels.back().offset + int64_t(ipanels.back().nv) * K.width) * H : 1);
+  const int xpc = fused_x ? gemm_parts(chunk * B, I, H, threads) : 0;
+  const int ipp = int(std::min<int64_t>(threads, nipanels));  // packing parts of W_ih
+  P = std::max({P, wpc, xpc, ipp});
   auto weight_chunk = [&](int64_t c, int q) {
     int64_t lo, hi;
     part_range(H, wpc, q, &lo, &hi);
@@ -420,20 +427,36 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
     }
     K.tn_product(dz + k_lo * H, H, lo, hi, part, n);
   };
+  auto x_chunk = [&](int64_t c, int q) {
+    const int64_t i0 = c * chunk, i1 = std::min(nT, (c + 1) * chunk);
+    const int64_t k_lo = (sh.reverse ? i0 : nT - i1) * B, k_hi = (sh.reverse ? i1 : nT - i0) * B;
+    int64_t lo, hi;
+    part_range(k_hi - k_lo, xpc, q, &lo, &hi);
+    K.nn_rows(dz, H, k_lo + lo, k_lo + hi, H, ipanels.data(), nipanels, Wip.p, I, a.grad_x, I,
+              a.accumulate_grad_x);
+  };
 
   const int pp = int(std::min<int64_t>(P, npanels));  // packing parts
   cpu::parallel(P, [&](Team& team) {
-    team.for_each(pp, [&](int64_t q) {
+    team.for_each(pp + (fused_x ? ipp : 0), [&](int64_t q) {
       int64_t lo, hi;
-      part_range(npanels, pp, int(q), &lo, &hi);
-      K.pack(a.w.W_hh, H, false, H, H, panels.data(), lo, hi, Wp.p);
+      if (q < pp) {
+        part_range(npanels, pp, int(q), &lo, &hi);
+        K.pack(a.w.W_hh, H, false, H, H, panels.data(), lo, hi, Wp.p);
+      } else {
+        part_range(nipanels, ipp, int(q - pp), &lo, &hi);
+        K.pack(a.w.W_ih, I, false, H, I, ipanels.data(), lo, hi, Wip.p);
+      }
     });
-    if (fused) {  // chunk c's recurrence beside chunk c - 1's weight gradients
-      team.for_each_step(nchunks + 1, rp.parts + wpc, [&](int64_t c, int64_t item) {
+    if (fused) {  // chunk c's recurrence beside chunk c - 1's gradients of weights and x
+      team.for_each_step(nchunks + 1, rp.parts + wpc + xpc, [&](int64_t c, int64_t item) {
         if (item < rp.parts) {
           if (c < nchunks) steps_of_rows(c * chunk, std::min(nT, (c + 1) * chunk), int(item));
-        } else if (c > 0) {
+        } else if (c == 0) {
+        } else if (item < rp.parts + wpc) {
           weight_chunk(c - 1, int(item - rp.parts));
+        } else {
+          x_chunk(c - 1, int(item - rp.parts - wpc));
         }
       });
     } else if (rp.by_rows && uniform) {  // the whole loop over time inside the kernel
@@ -461,14 +484,14 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
         }
       });
     }
-    const int wpa = fused ? 0 : wp;  // weight parts still to run
-    team.for_each(wpa + xp + hp, [&](int64_t i) {
+    const int wpa = fused ? 0 : wp, xpa = fused_x ? 0 : xp;  // parts still to run
+    team.for_each(wpa + xpa + hp, [&](int64_t i) {
       if (i < wpa) {
         weight_part(int(i));
-      } else if (i < wpa + xp) {
+      } else if (i < wpa + xpa) {
         x_part(int(i - wpa));
       } else if (a.grad_h0) {
-        gh0.run_part(int(i - wpa - xp), hp);
+        gh0.run_part(int(i - wpa - xpa), hp);
       }
     });
   });

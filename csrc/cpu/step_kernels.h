@@ -692,6 +692,57 @@ void tn_product_direct(const T* A, int64_t lda, int64_t m0, int64_t m1, const Tn
   }
 }
 
+// ------------------------------------------------------------------------------------ A B
+// One register tile of rows rb..rb+M-1 of C = A B over one packed panel of B.
+template <typename T, int M, int NV>
+void nn_tile(const T* A, int64_t lda, int64_t rb, int64_t K, const Panel& pn, const T* Bp, int64_t N,
+             T* C, int64_t ldc, bool accumulate_c) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  const T* a[M];
+  for (int r = 0; r < M; ++r) a[r] = A + (rb + r) * lda;
+  V acc[M][NV];
+  accumulate<T, M, NV>(K, a, Bp + pn.offset * K, acc);
+  const int64_t ncol = imin<int64_t>(int64_t(NV) * W, N - pn.col);
+  for (int r = 0; r < M; ++r) {
+    T* c = C + (rb + r) * ldc + pn.col;
+    for (int v = 0; v < NV && v * W < ncol; ++v) {
+      const int n = int(imin<int64_t>(W, ncol - v * W));
+      store_n(accumulate_c ? load_n(c + v * W, n) + acc[r][v] : acc[r][v], c + v * W, n);
+    }
+  }
+}
+
+template <typename T, int NV>
+void nn_panel(const T* A, int64_t lda, int64_t r0, int64_t r1, int64_t K, const Panel& pn, const T* Bp,
+              int64_t N, T* C, int64_t ldc, bool acc) {
+  constexpr int MR = rows_per_tile<NV>();
+  int64_t r = r0;
+  for (; r + MR <= r1; r += MR) nn_tile<T, MR, NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc);
+  switch (r1 - r) {
+    case 1: nn_tile<T, 1, NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc); break;
+    case 2: nn_tile<T, 2, NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc); break;
+    case 3: nn_tile<T, 3, NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc); break;
+    case 4: nn_tile<T, 4, NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc); break;
+    case 5: nn_tile<T, 5, NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc); break;
+    case 6: nn_tile<T, (MR > 6 ? 6 : 1), NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc); break;
+    case 7: nn_tile<T, (MR > 7 ? 7 : 1), NV>(A, lda, r, K, pn, Bp, N, C, ldc, acc); break;
+    default: break;
+  }
+}
+
+// Panel by panel (the panel, K x up to 4 vectors, stays in L1 across the row tiles).
+template <typename T>
+void nn_rows(const T* A, int64_t lda, int64_t r0, int64_t r1, int64_t K, const Panel* panels,
+             int64_t npanels, const T* Bp, int64_t N, T* C, int64_t ldc, bool accumulate_c) {
+  for (int64_t p = 0; p < npanels; ++p) {
+    const Panel& pn = panels[p];
+    if (pn.nv == 4) nn_panel<T, 4>(A, lda, r0, r1, K, pn, Bp, N, C, ldc, accumulate_c);
+    else if (pn.nv == 2) nn_panel<T, 2>(A, lda, r0, r1, K, pn, Bp, N, C, ldc, accumulate_c);
+    else nn_panel<T, 1>(A, lda, r0, r1, K, pn, Bp, N, C, ldc, accumulate_c);
+  }
+}
+
 // ------------------------------------------------------------------------------------ cell
 // y[j] += dot(W[j, :], v) for j in [0, rows): four rows at a time share the loads of v.
 template <typename T>
@@ -758,7 +809,8 @@ template <typename T>
 const Kernels<T>& make_table(Isa isa) {
   static const Kernels<T> table = {isa,           rows_per_tile<4>(), Vec<T>::W,    &plan_panels<T>,
                                    &pack<T>,      &fwd_step<T>,       &bwd_step<T>, &fwd_steps<T>,
-                                   &bwd_steps<T>, &tanh_array<T>,     &cell_step<T>, &tn_product<T>};
+                                   &bwd_steps<T>, &tanh_array<T>,     &cell_step<T>, &tn_product<T>,
+                                   &nn_rows<T>};
   return table;
 }
 
