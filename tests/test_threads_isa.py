@@ -70,11 +70,11 @@ def test_every_isa_matches_reference_on_simd_tails(isa, dtype, H):
 CHUNKED = [(37, 8, 19, 72), (70, 17, 33, 130), (61, 9, 5, 260)]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("T,B,I,H", CHUNKED)
-def test_chunked_backward_matches_reference(isa, T, B, I, H):
+def test_chunked_backward_matches_reference(isa, T, B, I, H, dtype):
     rng = np.random.default_rng(T)
     previous = elman.get_num_threads()
-    dtype = np.float32
     c = _case(rng, T, B, I, H, dtype)
     g = rng.standard_normal((T, B, H)).astype(dtype)
     g_hn = rng.standard_normal((B, H)).astype(dtype)
