@@ -64,15 +64,16 @@ def test_every_isa_matches_reference_on_simd_tails(isa, dtype, H):
             assert_close(got[8], r["grad_norms"], dtype, what="grad_norms")
 
 
-# Shapes whose backward takes the chunked path with 2 threads (rows split between the threads,
-# the weight gradients computed chunk by chunk beside the recurrence): several chunks with a
-# partial last one, dW rows split below and above the packed product's 128-row threshold.
+# Shapes whose forward and backward take the chunked path with 2 threads (rows split between the
+# threads; the input projection, or the weight and input gradients, computed chunk by chunk
+# beside the recurrence): several chunks with a partial last one, dW rows split below and above
+# the packed product's 128-row threshold.
 CHUNKED = [(37, 8, 19, 72), (70, 17, 33, 130), (61, 9, 5, 260)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("T,B,I,H", CHUNKED)
-def test_chunked_backward_matches_reference(isa, T, B, I, H, dtype):
+def test_chunked_forward_and_backward_match_reference(isa, T, B, I, H, dtype):
     rng = np.random.default_rng(T)
     previous = elman.get_num_threads()
     c = _case(rng, T, B, I, H, dtype)
@@ -82,6 +83,11 @@ def test_chunked_backward_matches_reference(isa, T, B, I, H, dtype):
         elman.set_num_threads(2)
         for reverse, act in [(False, "tanh"), (True, "relu")]:
             out, h_n = F.rnn_forward(**c, reverse=reverse, nonlinearity=act, backend="cpu")
+            e_out, e_hn = reference.rnn_forward(c["x"], c["weight_ih"], c["weight_hh"],
+                                                c["bias_ih"], c["bias_hh"], c["h0"], None, act,
+                                                reverse)
+            assert_close(out, e_out, dtype, what="out")
+            assert_close(h_n, e_hn, dtype, what="h_n")
             got = F.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"], out, c["h0"], g, g_hn,
                                  None, act, reverse, backend="cpu")
             r = reference.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"], out, c["h0"], g,

@@ -129,6 +129,38 @@ RecurrencePlan plan_recurrence(int64_t B, int64_t H, int64_t npanels, int thread
   return p;
 }
 
+// The chunked schedule of a call whose sequences all have T steps, split by rows: chunks of
+// ~256 rows of [T*B] (whole steps), with the products that do not sit on the recurrence's chain
+// (forward: the input projection of the next chunk; backward: the weight and input gradients of
+// the previous one) done beside it while their operands are in cache. Only when a chunk's
+// operands (bytes_per_row each) fit comfortably in L2, and there are at least two chunks.
+struct Chunks {
+  bool on = false;
+  int64_t steps = 1, count = 1;
+  // Processed steps [i0, i1) of chunk c.
+  void steps_of(int64_t T, int64_t c, int64_t* i0, int64_t* i1) const {
+    *i0 = c * steps;
+    *i1 = std::min(T, (c + 1) * steps);
+  }
+  // Rows [lo, hi) of [T*B] that chunk c covers, where processed step i is time i, or time
+  // T - 1 - i when from_end (a reverse direction's forward, a forward direction's backward).
+  void rows(int64_t T, int64_t B, bool from_end, int64_t c, int64_t* lo, int64_t* hi) const {
+    int64_t i0, i1;
+    steps_of(T, c, &i0, &i1);
+    *lo = (from_end ? T - i1 : i0) * B;
+    *hi = (from_end ? T - i0 : i1) * B;
+  }
+};
+
+Chunks plan_chunks(const RnnShape& sh, const RecurrencePlan& rp, bool uniform, double bytes_per_row) {
+  Chunks c;
+  c.steps = std::max<int64_t>(1, (256 + sh.B - 1) / sh.B);
+  c.count = (sh.T + c.steps - 1) / c.steps;
+  c.on = rp.by_rows && uniform && c.count > 1 &&
+         double(c.steps * sh.B) * bytes_per_row <= 768.0 * 1024.0;
+  return c;
+}
+
 // Per-part row scratch for variable lengths: per-row pointers and validity of one step.
 template <typename T>
 struct RowScratch {
@@ -159,8 +191,15 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
     bias.p[j] = (a.w.b_ih ? a.w.b_ih[j] : T(0)) + (a.w.b_hh ? a.w.b_hh[j] : T(0));
   const RecurrencePlan rp = plan_recurrence(B, H, npanels, threads);
   const Gemm<T> proj{false, true, nT * B, H, I, a.x, I, a.w.W_ih, I, T(0), a.out, ld};
-  const int gp = gemm_parts(nT * B, H, I, threads);
-  const int P = std::max(rp.parts, gp);
+  // The input projection chunk by chunk, one chunk ahead of the recurrence, with an own
+  // row-panel kernel on a packed W_ih^T (nn_rows): the recurrence then reads each chunk's
+  // projection from cache. Else one BLAS product over all T*B rows first.
+  const Chunks ch = plan_chunks(sh, rp, uniform, double(I + H) * sizeof(T));
+  const int gp = ch.on ? 0 : gemm_parts(nT * B, H, I, threads);
+  const int gpc = ch.on ? gemm_parts(ch.steps * B, H, I, threads) : 0;
+  const int pp = int(std::min<int64_t>(threads, npanels));  // packing parts (each matrix)
+  Scratch<T> Wip(ch.on ? (panels.back().offset + int64_t(panels.back().nv) * K.width) * I : 1);
+  const int P = std::max({rp.parts, gp, gpc, pp});
   Scratch<const T*> row_ptrs(uniform ? 1 : rp.parts * B);
   Scratch<uint8_t> row_valid(uniform ? 1 : rp.parts * B);
 
@@ -203,27 +242,54 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
     K.fwd_step(st, r0, r1, p0, p1);
   };
 
-  const int pp = int(std::min<int64_t>(P, npanels));  // packing parts
+  // Processed steps [i0, i1) of rows [r0, r1) of part q, the loop over time inside the kernel.
+  auto steps_of_rows = [&](int64_t i0, int64_t i1, int q) {
+    int64_t r0, r1;
+    part_range(B, rp.parts, q, &r0, &r1);
+    cpu::FwdStep<T> st = base;
+    st.out = a.out + time_of(sh, i0) * B * ld;
+    if (i0 == 0) {
+      st.prev = a.h0;
+      st.ld_prev = H;
+    } else {
+      st.prev = a.out + time_of(sh, i0 - 1) * B * ld;
+      st.ld_prev = ld;
+    }
+    K.fwd_steps(st, i1 - i0, (sh.reverse ? -1 : 1) * B * ld, r0, r1);
+  };
+  auto proj_chunk = [&](int64_t c, int q) {
+    int64_t k_lo, k_hi, lo, hi;
+    ch.rows(nT, B, sh.reverse, c, &k_lo, &k_hi);
+    part_range(k_hi - k_lo, gpc, q, &lo, &hi);
+    K.nn_rows(a.x, I, k_lo + lo, k_lo + hi, I, panels.data(), npanels, Wip.p, H, a.out, ld, false);
+  };
+
+  const int wpk = ch.on ? pp : 0;  // packing parts of W_ih^T
   cpu::parallel(P, [&](Team& team) {
-    team.for_each(gp + pp, [&](int64_t i) {
+    team.for_each(gp + pp + wpk, [&](int64_t i) {
+      int64_t lo, hi;
       if (i < gp) {
         proj.run_part(int(i), gp);
-      } else {
-        int64_t lo, hi;
+      } else if (i < gp + pp) {
         part_range(npanels, pp, int(i - gp), &lo, &hi);
         K.pack(a.w.W_hh, H, true, H, H, panels.data(), lo, hi, Wp.p);
+      } else {
+        part_range(npanels, wpk, int(i - gp - pp), &lo, &hi);
+        K.pack(a.w.W_ih, I, true, I, H, panels.data(), lo, hi, Wip.p);
       }
     });
-    if (rp.by_rows && uniform) {  // the whole loop over time inside the kernel
-      team.for_each(rp.parts, [&](int64_t q) {
-        int64_t r0, r1;
-        part_range(B, rp.parts, int(q), &r0, &r1);
-        cpu::FwdStep<T> st = base;
-        st.out = a.out + time_of(sh, 0) * B * ld;
-        st.prev = a.h0;
-        st.ld_prev = H;
-        K.fwd_steps(st, nT, (sh.reverse ? -1 : 1) * B * ld, r0, r1);
+    if (ch.on) {  // chunk c's projection beside chunk c - 1's recurrence
+      team.for_each_step(ch.count + 1, rp.parts + gpc, [&](int64_t c, int64_t item) {
+        if (item < rp.parts) {
+          int64_t i0, i1;
+          ch.steps_of(nT, c - 1, &i0, &i1);
+          if (c > 0) steps_of_rows(i0, i1, int(item));
+        } else if (c < ch.count) {
+          proj_chunk(c, int(item - rp.parts));
+        }
       });
+    } else if (rp.by_rows && uniform) {  // the whole loop over time inside the kernel
+      team.for_each(rp.parts, [&](int64_t q) { steps_of_rows(0, nT, int(q)); });
     } else if (rp.by_rows) {
       team.for_each(rp.parts, [&](int64_t q) {
         int64_t r0, r1;
@@ -392,32 +458,28 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
     st.dbsum = want_db ? dbsum.p + q * H : nullptr;
     K.bwd_steps(st, i1 - i0, dir * B * a.ld_grad_out, dir * B * ld, dir * B * H, -1, r0, r1);
   };
-  // Weight gradients chunk by chunk while the chunk's dz, states and inputs are still in cache
-  // (uniform lengths split by rows, when a chunk of ~256 rows of dZ and its operands fit in L2).
+  // Weight gradients chunk by chunk while the chunk's dz, states and inputs are still in cache.
   // Measured on one core: the product over all T*B = 16000 rows at H = 128 streams its operands
   // from memory at ~200 GFLOP/s, from cache (K = 256) at ~250. The whole backward gains ~3% at
   // (1000, 16, 64, 128) and (200, 64, 128, 256) with 2 threads (interleaved runs), at the price
   // of one barrier per chunk. Rows of dW split into wpc parts.
-  const int64_t chunk = std::max<int64_t>(1, (256 + B - 1) / B);  // steps per chunk
-  const int64_t nchunks = (nT + chunk - 1) / chunk;
-  const bool fused = rp.by_rows && uniform && nchunks > 1 &&
-                     double(chunk * B) * double(2 * H + I) * sizeof(T) <= 768.0 * 1024.0;
-  const int wpc = fused ? gemm_parts(H, I + H, chunk * B, threads) : 0;
+  const Chunks ch = plan_chunks(sh, rp, uniform, double(2 * H + I) * sizeof(T));
+  const bool fused = ch.on;
+  const int wpc = fused ? gemm_parts(H, I + H, ch.steps * B, threads) : 0;
   // grad_x = dZ W_ih chunk by chunk too, with W_ih packed like W_hh (kernel nn_rows).
   const bool fused_x = fused && a.grad_x && I > 0;
   const std::vector<Panel> ipanels = fused_x ? PanelLayout<T>::plan(K, I) : std::vector<Panel>();
   const int64_t nipanels = int64_t(ipanels.size());
   Scratch<T> Wip(fused_x ? (ipanels.back().offset + int64_t(ipanels.back().nv) * K.width) * H : 1);
-  const int xpc = fused_x ? gemm_parts(chunk * B, I, H, threads) : 0;
+  const int xpc = fused_x ? gemm_parts(ch.steps * B, I, H, threads) : 0;
   const int ipp = int(std::min<int64_t>(threads, nipanels));  // packing parts of W_ih
   P = std::max({P, wpc, xpc, ipp});
   auto weight_chunk = [&](int64_t c, int q) {
     int64_t lo, hi;
     part_range(H, wpc, q, &lo, &hi);
     if (hi <= lo) return;
-    const int64_t i0 = c * chunk, i1 = std::min(nT, (c + 1) * chunk);
-    // dz rows of these steps: times [nT - i1, nT - i0) forward, [i0, i1) reverse
-    const int64_t k_lo = (sh.reverse ? i0 : nT - i1) * B, k_hi = (sh.reverse ? i1 : nT - i0) * B;
+    int64_t k_lo, k_hi;  // dz rows of the chunk's steps
+    ch.rows(nT, B, !sh.reverse, c, &k_lo, &k_hi);
     cpu::TnTarget<T> part[3];
     int32_t n = 0;
     for (const cpu::TnTarget<T>& w : wt) {
@@ -428,9 +490,8 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
     K.tn_product(dz + k_lo * H, H, lo, hi, part, n);
   };
   auto x_chunk = [&](int64_t c, int q) {
-    const int64_t i0 = c * chunk, i1 = std::min(nT, (c + 1) * chunk);
-    const int64_t k_lo = (sh.reverse ? i0 : nT - i1) * B, k_hi = (sh.reverse ? i1 : nT - i0) * B;
-    int64_t lo, hi;
+    int64_t k_lo, k_hi, lo, hi;
+    ch.rows(nT, B, !sh.reverse, c, &k_lo, &k_hi);
     part_range(k_hi - k_lo, xpc, q, &lo, &hi);
     K.nn_rows(dz, H, k_lo + lo, k_lo + hi, H, ipanels.data(), nipanels, Wip.p, I, a.grad_x, I,
               a.accumulate_grad_x);
@@ -449,9 +510,11 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
       }
     });
     if (fused) {  // chunk c's recurrence beside chunk c - 1's gradients of weights and x
-      team.for_each_step(nchunks + 1, rp.parts + wpc + xpc, [&](int64_t c, int64_t item) {
+      team.for_each_step(ch.count + 1, rp.parts + wpc + xpc, [&](int64_t c, int64_t item) {
         if (item < rp.parts) {
-          if (c < nchunks) steps_of_rows(c * chunk, std::min(nT, (c + 1) * chunk), int(item));
+          int64_t i0, i1;
+          ch.steps_of(nT, c, &i0, &i1);
+          if (c < ch.count) steps_of_rows(i0, i1, int(item));
         } else if (c == 0) {
         } else if (item < rp.parts + wpc) {
           weight_chunk(c - 1, int(item - rp.parts));
