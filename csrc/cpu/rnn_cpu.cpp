@@ -1,13 +1,15 @@
 // CPU backend: fused forward and BPTT of one layer in one direction (the contract in rnn.h).
 // One call runs every time step inside one parallel region:
-//   forward:  x W_ih^T for all T*B rows as one BLAS product written straight into out, W_hh
-//             packed once, then per step the register-blocked recurrent product with bias and
-//             activation fused (step_kernels.h);
+//   forward:  W_hh packed once, then per step the register-blocked recurrent product with bias
+//             and activation fused (step_kernels.h); the input projection x W_ih^T either one
+//             chunk of steps ahead of the recurrence (nn_rows on a packed W_ih^T) or as one BLAS
+//             product over all T*B rows first, written straight into out;
 //   backward: per step (reverse order) the product with W_hh fused with grad_out, f' and the
-//             norm of dL/dh_t; then dW_ih, dW_hh, dX and grad_h0 as BLAS products and db.
+//             norm of dL/dh_t; dW_ih and dW_hh (tn_product) and dX (nn_rows) either one chunk
+//             behind the recurrence or after the loop (dX then through the BLAS); grad_h0 and db.
 // Work is split into parts: by batch rows when there are enough (no synchronisation between
-// steps at all), else by column panels with one spin barrier per step. Large products are split
-// by rows of the result, each part a single-threaded BLAS call.
+// steps at all; one barrier per chunk when chunked), else by column panels with one spin
+// barrier per step. Large products are split by rows of the result, each part single-threaded.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
