@@ -1,5 +1,7 @@
-// The CPU kernels that are compiled once per instruction set: vectorized tanh, weight packing
-// and one fused step of the recurrence, forward and backward, over a register-blocked tile.
+// The CPU kernels that are compiled once per instruction set: vectorized tanh, weight packing,
+// one fused step of the recurrence, forward and backward, over a register-blocked tile, and the
+// products beside it (A^T B for the weight gradients, A B on packed weights for the input
+// projection and dx).
 // Included only by kernels_<isa>.cpp, inside that ISA's namespace (see simd.h). No standard
 // library templates here: an inline function instantiated in one ISA's file must never be the
 // copy the linker hands to another.
