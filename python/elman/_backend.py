@@ -3,6 +3,8 @@ and holds the compiled modules. Nothing here imports anything above it."""
 
 import warnings
 
+import numpy as np
+
 from . import _device
 
 try:
@@ -72,7 +74,11 @@ def resolve(backend, *arrays, stream=None):
     """Map ``None`` / ``"auto"`` / a backend name to an available backend name. ``arrays``: the
     call's inputs, so that "auto" runs CUDA device arrays on the cuda backend."""
     global _warned_fallback
-    on_device = any(_device.is_device_array(a) for a in arrays)
+    on_device = False
+    for a in arrays:  # NumPy arrays and None, the common case, without asking the protocols
+        if a is not None and type(a) is not np.ndarray and _device.is_device_array(a):
+            on_device = True
+            break
     if backend is None or backend == "auto":
         if on_device:
             if not cuda_status()[0]:

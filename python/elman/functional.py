@@ -73,11 +73,11 @@ def check_nbytes(shape, dtype, what):
 
 
 def empty(shape, dtype, what):
-    """``np.empty`` with a MemoryError that names ``what`` (checked before anything is touched)."""
-    n = check_nbytes(shape, dtype, what)
+    """``np.empty`` with a MemoryError that names ``what`` (nothing is touched when it fails)."""
     try:
         return np.empty(shape, dtype)
-    except MemoryError:
+    except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big"
+        n = check_nbytes(shape, dtype, what)
         raise MemoryError(f"cannot allocate {what} of shape {tuple(shape)} and dtype "
                           f"{np.dtype(dtype).name} ({n} bytes)") from None
 
@@ -116,11 +116,13 @@ def _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
     with the sizes: (x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype)."""
     if nonlinearity not in NONLINEARITIES:
         check_nonlinearity(nonlinearity)
-    weight_hh = np.asarray(weight_hh)
+    if type(weight_hh) is not np.ndarray:
+        weight_hh = np.asarray(weight_hh)
     dtype = weight_hh.dtype
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight_hh must have dtype float32 or float64, got {dtype}")
-    dtype = FLOAT_DTYPES[0] if dtype == FLOAT_DTYPES[0] else FLOAT_DTYPES[1]  # the canonical object
+    if dtype is not FLOAT_DTYPES[0] and dtype is not FLOAT_DTYPES[1]:  # else already canonical
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"weight_hh must have dtype float32 or float64, got {dtype}")
+        dtype = FLOAT_DTYPES[0] if dtype == FLOAT_DTYPES[0] else FLOAT_DTYPES[1]  # the canonical object
     weight_hh = as_array(weight_hh, "weight_hh", dtype)
     if weight_hh.ndim != 2 or weight_hh.shape[0] != weight_hh.shape[1] or not weight_hh.shape[0]:
         raise ValueError(f"weight_hh must have shape (H, H) with H >= 1, got {weight_hh.shape}")
