@@ -156,7 +156,24 @@ template <typename T>
 void pack(const T* src, int64_t ld, bool trans, int64_t K, int64_t N, const Panel* panels,
           int64_t first, int64_t last, T* dst) {
   constexpr int W = Vec<T>::W;
-  constexpr int64_t KB = 64;  // k block: keeps the strided reads of a transpose in cache
+  if (!trans) {  // each packed row is a slice of a source row: vector copies, zeros past N
+    for (int64_t p = first; p < last; ++p) {
+      const Panel& pn = panels[p];
+      const int64_t NR = int64_t(pn.nv) * W;
+      T* d = dst + pn.offset * K;
+      for (int64_t k = 0; k < K; ++k) {
+        const T* s = src + k * ld + pn.col;
+        for (int64_t c = 0; c < NR; c += W) {
+          const int64_t left = N - pn.col - c;
+          const Vec<T> v = left >= W ? Vec<T>::load(s + c)
+                                     : (left > 0 ? Vec<T>::load_first(s + c, int(left)) : Vec<T>::zero());
+          v.store(d + k * NR + c);
+        }
+      }
+    }
+    return;
+  }
+  constexpr int64_t KB = 64;  // k block: keeps the strided reads of the transpose in cache
   for (int64_t p = first; p < last; ++p) {
     const Panel& pn = panels[p];
     const int64_t NR = int64_t(pn.nv) * W;
@@ -166,7 +183,7 @@ void pack(const T* src, int64_t ld, bool trans, int64_t K, int64_t N, const Pane
       for (int64_t c = 0; c < NR; ++c) {
         const int64_t col = pn.col + c;
         for (int64_t k = k0; k < k1; ++k)
-          d[k * NR + c] = col >= N ? T(0) : (trans ? src[col * ld + k] : src[k * ld + col]);
+          d[k * NR + c] = col >= N ? T(0) : src[col * ld + k];
       }
     }
   }
