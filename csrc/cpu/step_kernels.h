@@ -287,9 +287,16 @@ ELMAN_VINLINE void tile_product(const T* const* rows, const T* uniform, int64_t 
 
 // Asks for the columns of this tile in rows rb..rb+M-1 of the next step's epilogue operand
 // (out in forward; grad_out and h in backward) while this step computes: those rows stream from
-// memory at a stride of B * H. Measured at (T, B, I, H) = (1000, 16, 64, 128), one thread: the
-// forward recurrence 3.0 -> 2.55 ms, the backward one 4.0 -> 3.5 ms; within noise at larger B.
-// Not below H = 64, where a step is too short to hide anything and its data is mostly cached.
+// memory at a stride of B * H. Only where it pays (prefetch_pays): interleaved runs with 2
+// threads measured 3-4% on the backward at (T, B, I, H) = (1000, 16, 64, 128) (8 rows of 128
+// per thread) and 1% at (100, 32, 64, 128), but a loss of 1-3% from 32 rows of 256 up, where a
+// step's prefetched rows crowd W_hh out of L2; and nothing below H = 64, where a step is too
+// short to hide anything and its data is mostly cached.
+template <typename T>
+ELMAN_VINLINE bool prefetch_pays(int64_t H, int64_t rows) {
+  return H >= 64 && rows * H * int64_t(sizeof(T)) <= 16384;
+}
+
 template <typename T, int M>
 ELMAN_VINLINE void prefetch_rows(const T* p, int64_t ld, int64_t ncol) {
   const int64_t bytes = ncol * int64_t(sizeof(T));
@@ -439,8 +446,9 @@ void fwd_steps_act(FwdStep<T> s, int64_t n, int64_t out_stride, int64_t r0, int6
     fwd_steps_one_vector<T, A>(s, n, out_stride, r0);
     return;
   }
+  const bool pf = prefetch_pays<T>(s.H, r1 - r0);
   for (int64_t i = 0; i < n; ++i) {
-    s.prefetch_stride = i + 1 < n && s.H >= 64 ? out_stride : 0;
+    s.prefetch_stride = pf && i + 1 < n ? out_stride : 0;
     fwd_step_act<T, A>(s, r0, r1, 0, s.npanels);
     s.prev = s.out;
     s.ld_prev = s.ld_out;
@@ -453,9 +461,10 @@ void fwd_steps_act(FwdStep<T> s, int64_t n, int64_t out_stride, int64_t r0, int6
 template <typename T, Activation A>
 void bwd_steps_act(BwdStep<T> s, int64_t n, int64_t go_stride, int64_t h_stride, int64_t dz_stride,
                    int64_t sumsq_stride, int64_t r0, int64_t r1) {
+  const bool pf = prefetch_pays<T>(s.H, r1 - r0);
   for (int64_t i = 0; i < n; ++i) {
-    s.prefetch_go = i + 1 < n && s.H >= 64 ? go_stride : 0;
-    s.prefetch_h = i + 1 < n && s.H >= 64 ? h_stride : 0;
+    s.prefetch_go = pf && i + 1 < n ? go_stride : 0;
+    s.prefetch_h = pf && i + 1 < n ? h_stride : 0;
     bwd_step_act<T, A>(s, r0, r1, 0, s.npanels);
     s.dzn = s.dz;
     s.ld_dzn = s.ld_dz;
