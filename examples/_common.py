@@ -154,6 +154,27 @@ def fit_both(model, loss_fn, optimizer, data, torch_side=None, *, batch_size, ep
     return hist, torch_side.history
 
 
+def fit_classifier(model, to_torch, loss_name, train, y_train, test, accuracy, args, *, lr,
+                   momentum, clip, batch_size, epochs):
+    """SGD with clipping on ``(*train, y_train)`` with the loss ``loss_name`` (the same class
+    name in elman and torch.nn), and with ``--compare-torch`` the same network in PyTorch
+    (``to_torch(model)``, from the same weights) on the same batches. ``accuracy(logits)`` on
+    ``test`` after each epoch. Returns {"elman": History[, "torch.nn.RNN": History]}."""
+    twin = None
+    if args.compare_torch:                      # the same network, from the same weights
+        torch = torch_setup()
+        tm = to_torch(model)
+        test_t = [torch.from_numpy(a) for a in test]
+        twin = TorchSide(tm, getattr(torch.nn, loss_name)(),
+                         torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
+                         clip_norm=clip, evaluate=lambda: accuracy(tm(*test_t).numpy()))
+    opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
+    hist, th = fit_both(model, getattr(elman, loss_name)(), opt, (*train, y_train), twin,
+                        batch_size=batch_size, epochs=epochs, seed=args.seed,
+                        evaluate=lambda: accuracy(model.predict(*test)))
+    return {"elman": hist} if th is None else {"elman": hist, "torch.nn.RNN": th}
+
+
 def progress_bar(total, desc):
     """A tqdm bar on stderr, quiet when stderr is not a terminal (None without tqdm)."""
     try:

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import elman
-from _common import (TorchSide, fit_both, package_file, parse_args, plot_learning_curves,
+from _common import (fit_classifier, package_file, parse_args, plot_learning_curves,
                      pyplot, report, save_figure, torch_setup)
 
 
@@ -117,20 +117,9 @@ def main():
     def accuracy(logits):
         return {"test accuracy": float(np.mean(np.argmax(logits, axis=-1) == y_test))}
 
-    twin = None
-    if args.compare_torch:                      # the same network, from the same weights
-        torch = torch_setup()
-        tm = torch_model(model)
-        test_t = [torch.from_numpy(a) for a in test]
-        twin = TorchSide(tm, torch.nn.CrossEntropyLoss(),
-                         torch.optim.SGD(tm.parameters(), lr=lr, momentum=momentum),
-                         clip_norm=clip, evaluate=lambda: accuracy(tm(*test_t).numpy()))
-
-    opt = elman.SGD(model.parameters(), lr=lr, momentum=momentum, clip_norm=clip)
-    hist, th = fit_both(model, elman.CrossEntropyLoss(), opt, (*train, y_train), twin,
-                        batch_size=batch_size, epochs=epochs, seed=args.seed,
-                        evaluate=lambda: accuracy(model.predict(*test)))
-    histories = {"elman": hist} if th is None else {"elman": hist, "torch.nn.RNN": th}
+    histories = fit_classifier(model, torch_model, "CrossEntropyLoss", train, y_train, test,
+                               accuracy, args, lr=lr, momentum=momentum, clip=clip,
+                               batch_size=batch_size, epochs=epochs)
     runs = {k: (h, h.last("test accuracy")) for k, h in histories.items()}
 
     # Baselines: the most frequent training speaker (all have 30, so the first), and the
