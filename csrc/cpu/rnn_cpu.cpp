@@ -283,9 +283,10 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
     if (ch.on) {  // chunk c's projection beside chunk c - 1's recurrence
       team.for_each_step(ch.count + 1, rp.parts + gpc, [&](int64_t c, int64_t item) {
         if (item < rp.parts) {
+          if (c == 0) return;
           int64_t i0, i1;
           ch.steps_of(nT, c - 1, &i0, &i1);
-          if (c > 0) steps_of_rows(i0, i1, int(item));
+          steps_of_rows(i0, i1, int(item));
         } else if (c < ch.count) {
           proj_chunk(c, int(item - rp.parts));
         }
@@ -514,10 +515,12 @@ void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
     if (fused) {  // chunk c's recurrence beside chunk c - 1's gradients of weights and x
       team.for_each_step(ch.count + 1, rp.parts + wpc + xpc, [&](int64_t c, int64_t item) {
         if (item < rp.parts) {
+          if (c == ch.count) return;
           int64_t i0, i1;
           ch.steps_of(nT, c, &i0, &i1);
-          if (c < ch.count) steps_of_rows(i0, i1, int(item));
+          steps_of_rows(i0, i1, int(item));
         } else if (c == 0) {
+          return;  // no chunk behind the first
         } else if (item < rp.parts + wpc) {
           weight_chunk(c - 1, int(item - rp.parts));
         } else {
