@@ -418,19 +418,20 @@ def test_kernels_get_zero_copy_views_one_call_per_layer_and_direction(monkeypatc
     x = torch.randn(6, 2, 3, requires_grad=True)
     calls = {"forward": 0, "backward": 0}
     params = [p.detach().numpy() for p in em.parameters()]
-    real_fwd, real_bwd = et.F.forward_into, et.F.backward_into
+    cpu = et.F._backend.resolve("cpu")  # the backend object every layer loop calls
+    real_fwd, real_bwd = cpu.forward, cpu.backward
 
-    def fwd(backend, x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs):
+    def fwd(x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs):
         calls["forward"] += 1
         for w in (w_ih, w_hh, b_ih, b_hh):  # the parameters' own memory, not a copy
             assert any(w is not None and np.shares_memory(w, p) for p in params)
-        return real_fwd(backend, x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs)
+        return real_fwd(x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs)
 
     def bwd(*args, **kwargs):
         calls["backward"] += 1
         return real_bwd(*args, **kwargs)
-    monkeypatch.setattr(et.F, "forward_into", fwd)
-    monkeypatch.setattr(et.F, "backward_into", bwd)
+    monkeypatch.setattr(cpu, "forward", fwd)
+    monkeypatch.setattr(cpu, "backward", bwd)
     out, h_n = em(x)
     (out.sum() + h_n.sum()).backward()
     assert calls == {"forward": 4, "backward": 4}  # 2 layers x 2 directions, whole sequence each

@@ -18,7 +18,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.overrides import has_torch_function
 
-from . import _backend, functional as F
+from . import functional as F
 
 __all__ = ["RNN", "RNNCell"]
 
@@ -58,28 +58,27 @@ def _np(t):
 # a cell (cell=True) takes x (B, I) or (I,) and h0 (B, H) or (H,) as one time step.
 def _layer_forward(cfg, x, h0, weights):
     """Runs every direction of one layer: x (T, B, I), h0 (D, B, H) or None, weights in torch's
-    flat order per direction. Returns out (T, B, D*H) (each direction writes its column half
-    in place) and h_n (D, B, H); a cell returns its new state only."""
+    flat order per direction. Returns out (T, B, D*H) and h_n (D, B, H); a cell returns its new
+    state only. One call of the functional floor's layer loop (the NumPy RNN's too)."""
     nonlinearity, D, nw, lengths, cell = cfg
     xn, h0n = _np(x), _np(h0)
-    wn = [_np(w) for w in weights]
-    H = wn[1].shape[0]
+    H = weights[1].shape[0]
     if cell:
         xn = xn.reshape(1, -1, xn.shape[-1])
         h0n = None if h0n is None else h0n.reshape(1, -1, H)
-    T, B, _ = xn.shape
-    out = np.empty((T, B, D * H), xn.dtype)
-    h_n = np.empty((D, B, H), xn.dtype)
-    backend = _backend.resolve(None)
-    for d in range(D):  # torch validated the shapes; the kernels check them again
-        w = wn[d * nw:(d + 1) * nw]
-        b_ih, b_hh = (w[2], w[3]) if nw == 4 else (None, None)
-        F.forward_into(backend, xn, w[0], w[1], b_ih, b_hh, None if h0n is None else h0n[d],
-                       lengths, nonlinearity, d == 1,
-                       out if D == 1 else out[:, :, d * H:(d + 1) * H], h_n[d])
+    # torch validated the shapes; the kernels check them again at their boundary
+    out, h_n, _ = F.rnn_layers_forward(xn, _by_direction(weights, D, nw), h0n, lengths,
+                                       nonlinearity, bidirectional=D == 2, record=False)
     if cell:
         return torch.from_numpy(out.reshape(x.shape[:-1] + (H,)))
     return torch.from_numpy(out), torch.from_numpy(h_n)
+
+
+def _by_direction(arrays, D, nw):
+    """Per direction (weight_ih, weight_hh, bias_ih, bias_hh) NumPy views (biases None without
+    bias) from torch's flat order."""
+    arrays = [_np(a) for a in arrays]
+    return [tuple(arrays[d * nw:(d + 1) * nw]) + (None,) * (4 - nw) for d in range(D)]
 
 
 class _Layer(torch.autograd.Function):
@@ -103,30 +102,20 @@ class _Layer(torch.autograd.Function):
         nonlinearity, D, nw, lengths, cell = ctx.cfg
         need = ctx.needs_input_grad
         xn, h0n, on, gon, ghn = _np(x), _np(h0), _np(out), _np(g_out), _np(g_hn)
-        wn = [_np(w) for w in weights]
-        H = wn[1].shape[0]
+        H = weights[1].shape[0]
         if cell:
             xn = xn.reshape(1, -1, xn.shape[-1])
             h0n = None if h0n is None else h0n.reshape(1, -1, H)
             on = on.reshape(1, -1, H)
             gon = gon.reshape(1, -1, H)
+        wn = _by_direction(weights, D, nw)
+        gw = [tuple(None if a is None else np.zeros(a.shape, a.dtype) for a in w) for w in wn]
         # the input gradient is computed only when asked for (it is one large product)
-        grad_x = np.empty(xn.shape, xn.dtype) if need[1] else None
-        grad_h0 = np.empty(h0n.shape, xn.dtype) if h0n is not None and need[2] else None
-        backend = _backend.resolve(None)
-        grad_w = []
-        for d in range(D):
-            w = wn[d * nw:(d + 1) * nw]
-            gw = [np.zeros(a.shape, a.dtype) for a in w]
-            cols = slice(d * H, (d + 1) * H)
-            F.backward_into(backend, xn, w[0], w[1], on[:, :, cols],
-                            None if h0n is None else h0n[d],
-                            None if gon is None else gon[:, :, cols],
-                            None if ghn is None else ghn[d], lengths, nonlinearity, d == 1,
-                            tuple(gw) + (None,) * (4 - nw), grad_x, d > 0,
-                            None if grad_h0 is None else grad_h0[d], np.empty(xn.shape[0]))
-            grad_w += [torch.from_numpy(g) if need[3 + d * nw + i] else None
-                       for i, g in enumerate(gw)]
+        grad_x, grad_h0, _ = F.rnn_layers_backward(
+            [(xn, on, None)], wn, gw, h0n, lengths, nonlinearity, gon, ghn,
+            bidirectional=D == 2, want_grad_x=need[1], want_grad_h0=h0n is not None and need[2])
+        grad_w = [torch.from_numpy(g) if need[3 + d * nw + i] else None
+                  for d in range(D) for i, g in enumerate(gw[d][:nw])]
         return (None,
                 torch.from_numpy(grad_x.reshape(x.shape)) if need[1] else None,
                 None if grad_h0 is None else torch.from_numpy(grad_h0.reshape(h0.shape)),

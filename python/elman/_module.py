@@ -1,0 +1,223 @@
+"""The module floor of the NumPy API: grad mode (no_grad), Parameter, Module (parameter
+registry, state_dict, zero_grad, train/eval) and the argument checks every layer shares."""
+
+import contextlib
+import threading
+
+import numpy as np
+
+from . import _checks
+
+__all__ = ["Parameter", "Module", "no_grad", "is_grad_enabled"]
+
+# ----------------------------------------------------------------------------- grad mode
+_grad_mode = threading.local()
+
+
+def is_grad_enabled():
+    """False inside :func:`no_grad`: layers then keep nothing for a backward pass."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Context manager for inference: forward calls record nothing for ``backward``."""
+    previous = is_grad_enabled()
+    _grad_mode.enabled = False
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _check_size(value, name, allow_zero=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be greater than zero, got {value}")
+    return int(value)
+
+
+def _check_dtype(dtype):
+    if dtype is None:  # as torch: None means the default (np.dtype(None) would be float64)
+        return np.dtype(np.float32)
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _make_rng(seed):
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError("seed must be None or a non-negative int, got bool")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"seed must be None or a non-negative int, got {seed!r} ({exc})") from None
+
+
+def _check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+# ----------------------------------------------------------------------------- Parameter
+class Parameter:
+    """A trainable array: ``.data``, ``.grad`` (same shape and dtype, zeros from the start,
+    never None) and ``.name``.
+
+    ``.data`` may be changed in place, or replaced by an array of the same shape and dtype;
+    either takes effect at the next call (nothing keeps a stale copy of the weights). Both
+    arrays are updated in place (optimizers, backward), so a replacement must be writable, and
+    ``.grad`` also C-contiguous.
+    """
+
+    __slots__ = ("_data", "_grad", "name")
+
+    def __init__(self, data, name=""):
+        data = np.asarray(data)
+        if data.dtype not in _checks.FLOAT_DTYPES:
+            raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
+        if not data.flags.writeable:
+            raise ValueError("Parameter data must be writable (optimizers update it in place)")
+        self._data = data
+        self._grad = np.zeros(data.shape, data.dtype)
+        self.name = name
+
+    def _label(self, what):
+        return f"{self.name}.{what}" if self.name else what
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        label = self._label("data")
+        value = _checks.as_array(value, label, self._data.dtype)
+        _checks.check_shape(value, label, self._data.shape)
+        if not value.flags.writeable:
+            raise ValueError(f"{label} must be writable (optimizers update it in place)")
+        self._data = value
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        # kept as given (gradients accumulate into it), so never a converted copy
+        _checks.check_output(value, self._label("grad"), self._data.dtype, self._data.shape)
+        self._grad = value
+
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    def zero_grad(self):
+        self._grad[...] = 0
+
+    def __repr__(self):
+        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+# ----------------------------------------------------------------------------- Module
+class Module:
+    """Base class: parameter registry, state_dict, zero_grad, train/eval."""
+
+    def __init__(self):
+        self._params = {}
+        self.training = True
+
+    def _add_param(self, name, array):
+        self._params[name] = Parameter(array, name)
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params:
+            raise AttributeError(f"cannot replace parameter {name!r}; assign to "
+                                 f"{name}.data instead")
+        object.__setattr__(self, name, value)
+
+    def named_parameters(self):
+        """Iterator of (name, Parameter) in registration order (torch's order)."""
+        return iter(self._params.items())
+
+    def parameters(self):
+        return list(self._params.values())
+
+    def state_dict(self):
+        """dict name -> a copy of the parameter's array."""
+        return {name: p.data.copy() for name, p in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Copies values into the parameters (cast to the module's dtype, like torch's copy).
+
+        Accepts anything ``np.asarray`` takes (torch tensors included). Names, shapes and
+        value types are all checked first: when anything is wrong nothing is changed.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        missing = [k for k in self._params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self._params]
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected}")
+        staged = {}
+        for name, p in self._params.items():
+            try:
+                v = np.asarray(state_dict[name])
+            except Exception as exc:
+                raise TypeError(f"load_state_dict: {name!r} is not convertible to an array "
+                                f"({exc})") from None
+            if v.dtype.kind not in "fiu":
+                raise TypeError(f"load_state_dict: {name!r} must hold real numbers, got dtype "
+                                f"{v.dtype}")
+            if v.shape != p.shape:
+                raise ValueError(f"load_state_dict: {name!r} must have shape {p.shape}, got "
+                                 f"{v.shape}")
+            if not p.data.flags.writeable:
+                raise ValueError(f"load_state_dict: parameter {name!r} is read-only")
+            staged[name] = v.astype(p.dtype)
+        for name, v in staged.items():
+            self._params[name].data[...] = v
+
+    def zero_grad(self):
+        for p in self._params.values():
+            p.zero_grad()
+
+    def train(self, mode=True):
+        self.training = _check_bool(mode, "mode")
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _uniform(self, rng, shape, bound, dtype):
+        _checks.check_nbytes(shape, np.float64, f"{type(self).__name__}: a parameter")
+        return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _backward_context(ctx, what):
+    if ctx is None:
+        raise RuntimeError(f"{what}.backward() needs a preceding forward call with gradients "
+                           "enabled, and each forward can be back-propagated only once")
+    return ctx
