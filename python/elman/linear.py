@@ -33,7 +33,7 @@ class Linear(Module):
             self._add_param("bias", self._uniform(rng, (self.out_features,), bound, self.dtype))
         else:
             self.bias = None
-        self._ctx = None
+        self._tape = []  # the inputs of the calls not yet back-propagated, in call order
 
     def _config(self):
         return dict(in_features=self.in_features, out_features=self.out_features,
@@ -52,12 +52,16 @@ class Linear(Module):
         y = F.matmul(x2, self._params["weight"].data, trans_b=True)
         if self.bias is not None:
             y += self.bias.data
-        self._ctx = x if is_grad_enabled() else None
+        if is_grad_enabled():
+            self._tape.append(x)
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, grad_y):
-        """Returns dL/dx; adds dL/dW and dL/db into the parameters' ``.grad``."""
-        x = _backward_context(self._ctx, "Linear")
+        """Back-propagates through the most recent call not yet back-propagated (calls are
+        taped in grad mode, so a head applied at every step of a loop back-propagates once per
+        step in reverse order, as with ``RNNCell``): returns dL/dx, adds dL/dW and dL/db into the
+        parameters' ``.grad``. ``zero_grad()`` drops the calls not back-propagated."""
+        x = _backward_context(self._tape[-1] if self._tape else None, "Linear")
         g = _checks.as_array(grad_y, "grad_y", self.dtype)
         _checks.check_shape(g, "grad_y", x.shape[:-1] + (self.out_features,))
         for name, p in self._params.items():
@@ -65,11 +69,16 @@ class Linear(Module):
         g2 = g.reshape(-1, self.out_features)
         w = self._params["weight"]
         grad_x = F.matmul(g2, w.data).reshape(x.shape)
-        self._ctx = None  # everything allocated: only the in-place additions are left
+        self._tape.pop()  # everything allocated: only the in-place additions are left
         F.matmul(g2, x.reshape(-1, self.in_features), trans_a=True, out=w.grad, beta=1.0)
         if self.bias is not None:
             self.bias.grad += g2.sum(axis=0)
         return grad_x
+
+    def zero_grad(self):
+        """Zeros the parameters' gradients and drops the tape of recorded calls."""
+        self._tape.clear()
+        super().zero_grad()
 
 
 # ----------------------------------------------------------------------------- Embedding

@@ -129,7 +129,7 @@ class MSELoss(_Loss):
 class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits with the sigmoid fused: stable for any logit.
 
-    loss = max(z, 0) - z * y + log(1 + exp(-|z|)); dL/dz = sigmoid(z) - y.
+    ``loss = max(z, 0) - z * y + log(1 + exp(-abs(z)))``; ``dL/dz = sigmoid(z) - y``.
     """
 
     def __call__(self, pred, target, mask=None):

@@ -246,7 +246,8 @@ class RNNCell(Module):
         if self.bias:
             self._add_param("bias_ih", self._uniform(rng, (H,), bound, self.dtype))
             self._add_param("bias_hh", self._uniform(rng, (H,), bound, self.dtype))
-        self._ctx = None
+        # The tape: (x, h, h1) of every call since the loop began, for backward in reverse order
+        self._tape = []
         p = self._params
         self._cell = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
         # the backend's one-step fast path (None: it has none), bound once: a cell step is a
@@ -278,12 +279,30 @@ class RNNCell(Module):
             h1 = self._step(x, h, p_ih._data, p_hh._data, None if b_ih is None else b_ih._data,
                             None if b_hh is None else b_hh._data, self.nonlinearity)
             if h1 is not None:
-                # straight into __dict__: Module.__setattr__ costs more than this whole step
-                self.__dict__["_ctx"] = (x, h, h1) if is_grad_enabled() else None
+                if is_grad_enabled():
+                    self._record(h, (x, h, h1))
                 return h1
         return self.forward(x, h)
 
+    def _record(self, h_arg, step):
+        """Puts a step on the tape. A call whose state argument is not the array the previous
+        call returned begins a new loop: the steps of the old one that were not back-propagated
+        are dropped (they could only be reached out of order)."""
+        tape = self._tape
+        if tape and h_arg is not tape[-1][2]:
+            tape.clear()
+        tape.append(step)
+
+    def zero_grad(self):
+        """Zeros the parameters' gradients and drops the tape of recorded steps."""
+        self._tape.clear()
+        super().zero_grad()
+
     def forward(self, x, h=None):
+        """One step: ``h1 = f(x W_ih^T + b_ih + h W_hh^T + b_hh)`` with x (B, I) or (I,) and
+        h (B, H) or (H,) (None: zeros). In grad mode the call goes on the cell's tape, so that
+        ``backward`` can be called once per step in reverse order (see :meth:`backward`)."""
+        h_arg = h
         x = F.as_array(x, "input", self.dtype)
         if x.ndim not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1-D or 2-D, got {x.ndim}-D instead")
@@ -321,12 +340,23 @@ class RNNCell(Module):
             h1 = out[0]
         if not batched:
             h1 = h1[0]
-        self._ctx = (x, None if h is None else (h if batched else h[0]), h1) if is_grad_enabled() else None
+        if is_grad_enabled():
+            self._record(h_arg, (x, None if h is None else (h if batched else h[0]), h1))
         return h1
 
     def backward(self, grad_h1):
-        """Returns ``(grad_x, grad_h)`` for the last call; adds into the parameters' ``.grad``."""
-        x, h, h1 = _backward_context(self._ctx, "RNNCell")
+        """Back-propagates through the most recent step on the tape not yet back-propagated:
+        ``grad_h1`` is dL/dh1 of that step; returns ``(grad_x, grad_h)`` (dL/dx and dL/dh of
+        that step) and adds into the parameters' ``.grad``.
+
+        A loop ``h = cell(x[t], h)`` for t = 0..T-1 trains by calling ``backward`` once per
+        step in reverse order, each time with the step's own gradient plus the ``grad_h``
+        returned by the step after it (the semantics of autograd through a Python loop). The
+        tape holds one step's arrays per call; it is emptied as the steps are back-propagated,
+        by ``zero_grad()``, and when a call does not continue the previous one (its ``h`` is not
+        the array the previous call returned). ``elman.no_grad()`` records nothing.
+        """
+        x, h, h1 = _backward_context(self._tape[-1] if self._tape else None, "RNNCell")
         batched = x.ndim == 2
         g = F.as_array(grad_h1, "grad_h1", self.dtype)
         F.check_shape(g, "grad_h1", h1.shape)
@@ -340,7 +370,7 @@ class RNNCell(Module):
         r = F.rnn_backward(xb, p["weight_ih"].data, p["weight_hh"].data, out, h0=h,
                            grad_out=g.reshape(out.shape), nonlinearity=self.nonlinearity,
                            bias=self.bias, grads=grads, backend=self._be)
-        self._ctx = None  # consumed only once it has succeeded (a rejected call changes nothing)
+        self._tape.pop()  # consumed only once it has succeeded (a rejected call changes nothing)
         if batched:
             return r.grad_x[0], r.grad_h0
         return r.grad_x[0, 0], r.grad_h0[0]
