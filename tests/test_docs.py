@@ -41,3 +41,19 @@ def test_the_docs_are_found():
         pytest.skip("docs/ is not next to the tests")
     names = {p.name for p in _pages_with_code()}
     assert {"quickstart.md", "shapes.md", "bptt.md"} <= names
+
+
+DOCTEST_MODULES = ["elman._module", "elman.rnn", "elman.linear", "elman.functional",
+                   "elman.losses", "elman.optim", "elman.training", "elman.serialization",
+                   "elman.reference"]
+
+
+@pytest.mark.parametrize("name", DOCTEST_MODULES)
+def test_docstring_examples_run(name):
+    """The examples in the docstrings (the API reference shows them) run and print what they
+    say."""
+    import doctest
+    import importlib
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

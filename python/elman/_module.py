@@ -3,6 +3,7 @@ registry, state_dict, zero_grad, train/eval) and the argument checks every layer
 
 import contextlib
 import threading
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
 
@@ -14,14 +15,33 @@ __all__ = ["Parameter", "Module", "no_grad", "is_grad_enabled"]
 _grad_mode = threading.local()
 
 
-def is_grad_enabled():
-    """False inside :func:`no_grad`: layers then keep nothing for a backward pass."""
+def is_grad_enabled() -> bool:
+    """Whether forward calls record what ``backward`` needs (per thread).
+
+    Returns
+    -------
+    bool
+        False inside :func:`no_grad`, True otherwise.
+    """
     return getattr(_grad_mode, "enabled", True)
 
 
 @contextlib.contextmanager
-def no_grad():
-    """Context manager for inference: forward calls record nothing for ``backward``."""
+def no_grad() -> Iterator[None]:
+    """Context manager for inference: forward calls inside record nothing for ``backward``
+    (no memory is kept for a backward pass; a later ``backward`` raises ``RuntimeError``).
+
+    The mode is per thread and restored on exit, also after an exception.
+
+    Examples
+    --------
+    >>> import numpy as np, elman
+    >>> rnn = elman.RNN(3, 4, seed=0)
+    >>> with elman.no_grad():
+    ...     out, h_n = rnn(np.ones((5, 2, 3), np.float32))
+    >>> out.shape
+    (5, 2, 4)
+    """
     previous = is_grad_enabled()
     _grad_mode.enabled = False
     try:
@@ -93,7 +113,8 @@ class Parameter:
         return f"{self.name}.{what}" if self.name else what
 
     @property
-    def data(self):
+    def data(self) -> np.ndarray:
+        """The parameter's values; assign an array of the same shape and dtype to replace them."""
         return self._data
 
     @data.setter
@@ -106,7 +127,9 @@ class Parameter:
         self._data = value
 
     @property
-    def grad(self):
+    def grad(self) -> np.ndarray:
+        """The accumulated gradient (``backward`` adds into it); a writable C-contiguous array
+        of the same shape and dtype may replace it."""
         return self._grad
 
     @grad.setter
@@ -116,14 +139,17 @@ class Parameter:
         self._grad = value
 
     @property
-    def shape(self):
+    def shape(self) -> tuple:
+        """The shape of ``.data`` (and ``.grad``)."""
         return self._data.shape
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """The dtype of ``.data`` (and ``.grad``): float32 or float64."""
         return self._data.dtype
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Sets ``.grad`` to zeros in place."""
         self._grad[...] = 0
 
     def __repr__(self):
@@ -132,7 +158,9 @@ class Parameter:
 
 # ----------------------------------------------------------------------------- Module
 class Module:
-    """Base class: parameter registry, state_dict, zero_grad, train/eval."""
+    """Base class of elman's layers: a registry of named :class:`Parameter` objects
+    (reachable as attributes, e.g. ``rnn.weight_hh_l0``), ``state_dict`` / ``load_state_dict``,
+    ``zero_grad`` and ``train`` / ``eval``. Calling a module calls its ``forward``."""
 
     def __init__(self):
         self._params = {}
@@ -154,22 +182,41 @@ class Module:
                                  f"{name}.data instead")
         object.__setattr__(self, name, value)
 
-    def named_parameters(self):
-        """Iterator of (name, Parameter) in registration order (torch's order)."""
+    def named_parameters(self) -> Iterator[Tuple[str, "Parameter"]]:
+        """The ``(name, Parameter)`` pairs in registration order (torch's order), e.g.
+        ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``."""
         return iter(self._params.items())
 
-    def parameters(self):
+    def parameters(self) -> List["Parameter"]:
+        """The parameters in registration order (a new list; the Parameter objects themselves).
+
+        Examples
+        --------
+        >>> import elman
+        >>> [p.shape for p in elman.RNN(3, 4).parameters()]
+        [(4, 3), (4, 4), (4,), (4,)]
+        """
         return list(self._params.values())
 
-    def state_dict(self):
-        """dict name -> a copy of the parameter's array."""
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """A dict from parameter name to a copy of its array (torch's names and shapes)."""
         return {name: p.data.copy() for name, p in self._params.items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Copies values into the parameters (cast to the module's dtype, like torch's copy).
 
-        Accepts anything ``np.asarray`` takes (torch tensors included). Names, shapes and
-        value types are all checked first: when anything is wrong nothing is changed.
+        Parameters
+        ----------
+        state_dict : mapping
+            Parameter name to array; anything ``np.asarray`` takes (torch tensors included).
+
+        Raises
+        ------
+        TypeError
+            Not a mapping, or a value that is not an array of real numbers.
+        ValueError
+            Missing or unexpected keys, a wrong shape, or a read-only parameter. Names, shapes
+            and value types are all checked first: when anything is wrong nothing is changed.
         """
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
@@ -197,15 +244,19 @@ class Module:
         for name, v in staged.items():
             self._params[name].data[...] = v
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Sets every parameter's ``.grad`` to zeros."""
         for p in self._params.values():
             p.zero_grad()
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "Module":
+        """Sets training mode (dropout between layers is active only in training); returns
+        the module."""
         self.training = _check_bool(mode, "mode")
         return self
 
-    def eval(self):
+    def eval(self) -> "Module":
+        """Sets evaluation mode (``train(False)``); returns the module."""
         return self.train(False)
 
     def __call__(self, *args, **kwargs):

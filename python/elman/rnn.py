@@ -18,16 +18,57 @@ __all__ = ["RNN", "RNNCell"]
 class RNN(Module):
     """Multi-layer Elman RNN with the constructor, parameters and shapes of ``torch.nn.RNN``.
 
-    ``out, h_n = rnn(x, h0=None, lengths=None)`` with x (T, B, I), (B, T, I) when
-    ``batch_first``, or unbatched (T, I); h0 / h_n (num_layers * D, B, H) (unbatched:
-    (num_layers * D, H)); out (T, B, D * H) with D = 2 if ``bidirectional`` else 1.
-    ``lengths`` (B,) ints: variable-length sequences, as ``pack_padded_sequence(...,
-    enforce_sorted=False)``: out is 0 past each length, h_n is each sequence's state at its
-    last valid step, the reverse direction starts at each sequence's own last step.
+    Each layer computes ``h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` over the whole
+    sequence in one fused kernel call per direction; ``backward`` runs BPTT the same way.
 
-    ``grad_x, grad_h0 = rnn.backward(grad_out=None, grad_h_n=None)`` back-propagates through
-    the last forward call, adds into each parameter's ``.grad`` and leaves per-step gradient
-    norms ||dL/dh_t|| in ``rnn.grad_norms`` (dict "l{k}" / "l{k}_reverse" -> (T,) array).
+    Parameters
+    ----------
+    input_size : int
+        I, the features of each input step.
+    hidden_size : int
+        H, the units of the state.
+    num_layers : int, default 1
+        Stacked layers; layer k > 0 reads the outputs (D * H features) of layer k - 1.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    bias : bool, default True
+        With ``bias_ih_l{k}`` / ``bias_hh_l{k}`` (H,) parameters.
+    batch_first : bool, default False
+        Inputs and outputs (B, T, features) instead of (T, B, features); h0 / h_n are
+        (num_layers * D, B, H) either way.
+    dropout : float, default 0.0
+        Probability of zeroing each output of every layer but the last, in training mode.
+    bidirectional : bool, default False
+        D = 2 directions per layer (``*_reverse`` parameters); outputs concatenate both.
+    dtype : float32 or float64, default float32
+        Of the parameters; inputs must have it too (``TypeError`` otherwise).
+    seed : int or None
+        Seeds the initialization U(-1/sqrt(H), 1/sqrt(H)) (as torch) and the dropout masks.
+    backend : {None, "auto", "cpu", "numpy", "cuda"}
+        Where the kernels run; "auto" (None) picks the compiled CPU kernels. "numpy" runs the
+        float64 reference (slow; for comparisons).
+
+    Attributes
+    ----------
+    weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k} : Parameter
+        (H, I or D * H), (H, H), (H,), (H,); ``*_reverse`` for the second direction.
+    grad_norms : dict of str to ndarray
+        After ``backward``: ``"l{k}"`` / ``"l{k}_reverse"`` -> (T,) float64 ||dL/dh_t||_2.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad sizes, nonlinearity, dtype or flags, with torch's messages.
+
+    Examples
+    --------
+    >>> import numpy as np, elman
+    >>> rnn = elman.RNN(3, 8, num_layers=2, bidirectional=True, seed=0)
+    >>> out, h_n = rnn(np.ones((5, 2, 3), np.float32))
+    >>> out.shape, h_n.shape
+    ((5, 2, 16), (4, 2, 8))
+    >>> grad_x, grad_h0 = rnn.backward(grad_out=np.ones_like(out))
+    >>> grad_x.shape, rnn.grad_norms["l0_reverse"].shape
+    ((5, 2, 3), (5,))
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
@@ -115,6 +156,36 @@ class RNN(Module):
 
     # -- forward
     def forward(self, x, h0=None, lengths=None):
+        """Runs every layer and direction over the sequence (also ``rnn(x, h0, lengths)``).
+
+        Parameters
+        ----------
+        x : ndarray
+            (T, B, I); (B, T, I) with ``batch_first``; unbatched (T, I). The module's dtype.
+        h0 : ndarray, optional
+            (num_layers * D, B, H) (unbatched: (num_layers * D, H)) initial states; zeros
+            when None.
+        lengths : array of int, optional
+            (B,) lengths in [1, T] of variable-length sequences (the semantics of torch's
+            ``pack_padded_sequence(..., enforce_sorted=False)``): ``out`` is 0 past each
+            length, ``h_n`` holds each sequence's state at its last valid step, and the
+            reverse direction starts at each sequence's own last step.
+
+        Returns
+        -------
+        out : ndarray
+            (T, B, D * H) (``batch_first``: (B, T, D * H); unbatched: (T, D * H)), the last
+            layer's states at every step.
+        h_n : ndarray
+            (num_layers * D, B, H) (unbatched: (num_layers * D, H)), every layer's final state.
+
+        Raises
+        ------
+        TypeError
+            An input of another dtype than the module's.
+        ValueError
+            Wrong shapes or lengths, with torch's messages.
+        """
         x = F.as_array(x, "input", self.dtype)
         if x.ndim not in (2, 3):
             raise ValueError(f"RNN: Expected input to be 2-D or 3-D, got {x.ndim}-D array instead")
@@ -157,8 +228,32 @@ class RNN(Module):
 
     # -- backward
     def backward(self, grad_out=None, grad_h_n=None):
-        """BPTT through the last forward call. Returns ``(grad_x, grad_h0)`` in the layouts
-        of x and h0; adds into every parameter's ``.grad``; sets ``self.grad_norms``."""
+        """BPTT through the last forward call (each forward can be back-propagated once).
+
+        Parameters
+        ----------
+        grad_out : ndarray, optional
+            dL/d out, in the shape and layout of ``out``; zeros when None.
+        grad_h_n : ndarray, optional
+            dL/d h_n, in the shape of ``h_n``; zeros when None.
+
+        Returns
+        -------
+        grad_x : ndarray
+            dL/dx in the layout of x.
+        grad_h0 : ndarray
+            dL/dh0 in the shape of ``h_n`` (also when h0 was None: the gradient with respect
+            to the zero state).
+
+        Adds every parameter's gradient into its ``.grad`` and sets ``grad_norms``.
+
+        Raises
+        ------
+        RuntimeError
+            No forward call with gradients enabled to back-propagate.
+        TypeError, ValueError
+            Gradients of another dtype or shape; nothing is changed then.
+        """
         tape, h0, lengths, batched, (T, B, I) = _backward_context(self._ctx, "RNN")
         D, H, nL = self.num_directions, self.hidden_size, self.num_layers
         if grad_out is not None:
@@ -222,10 +317,35 @@ class RNN(Module):
 
 # ----------------------------------------------------------------------------- RNNCell
 class RNNCell(Module):
-    """One Elman step with the parameters of ``torch.nn.RNNCell``.
+    """One Elman step with the constructor and parameters of ``torch.nn.RNNCell``.
 
-    ``h1 = cell(x, h=None)`` with x (B, I) or (I,), h (B, H) or (H,) (None: zeros);
-    ``grad_x, grad_h = cell.backward(grad_h1)`` for the last call.
+    ``h1 = cell(x, h=None)`` computes ``f(x W_ih^T + b_ih + h W_hh^T + b_hh)``; in grad mode
+    every call goes on the cell's tape, and ``cell.backward(grad_h1)`` once per call in
+    reverse order back-propagates through a whole loop (see :meth:`backward`).
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        I and H.
+    bias : bool, default True
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    dtype : float32 or float64, default float32
+    seed : int or None
+        Seeds the initialization U(-1/sqrt(H), 1/sqrt(H)).
+    backend : {None, "auto", "cpu", "numpy", "cuda"}
+
+    Examples
+    --------
+    >>> import numpy as np, elman
+    >>> cell = elman.RNNCell(3, 4, seed=0)
+    >>> h = None
+    >>> for t in range(5):
+    ...     h = cell(np.ones((2, 3), np.float32), h)
+    >>> carry = np.zeros((2, 4), np.float32)
+    >>> for t in range(5):                   # the loop backwards, last step first
+    ...     grad_x, carry = cell.backward(np.ones((2, 4), np.float32) + carry)
+    >>> cell.weight_hh.grad.shape
+    (4, 4)
     """
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
