@@ -598,17 +598,17 @@ def test_empty_batch_behaves_as_torch():
     assert em(x)[0].shape == tm(x)[0].shape == (5, 0, 4)
 
 
-def test_readme_drop_in_example_runs(tmp_path, monkeypatch):
-    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+def test_docs_drop_in_example_runs(tmp_path, monkeypatch):
+    readme = pathlib.Path(__file__).resolve().parents[1] / "docs" / "torch.md"
     if not readme.exists():
-        pytest.skip("README.md is not next to the tests (installed-package run)")
+        pytest.skip("docs/ is not next to the tests")
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
               if "import elman.torch" in b]
     assert blocks
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         ns = {}
-        exec(compile(block, "README.md elman.torch example", "exec"), ns)
+        exec(compile(block, "docs/torch.md elman.torch example", "exec"), ns)
     assert kernel_nodes(ns["out"]) == 2 and ns["out"].shape == (16, 50, 32)
     plain = torch.nn.RNN(8, 32, num_layers=2, batch_first=True)
     plain.load_state_dict(torch.load(tmp_path / "rnn.pt"))  # as the comment there says
