@@ -12,14 +12,14 @@ import numpy as np
 from . import _device
 
 try:
-    from . import _core
+    from . import _core  # type: ignore[attr-defined]  # compiled; no stub
     _core_error = None
 except ImportError as exc:  # a broken install: reported at use
     _core = None
     _core_error = exc
 
 try:  # built only with ELMAN_CUDA=ON (or AUTO where nvcc exists); never required
-    from . import _cuda
+    from . import _cuda  # type: ignore[attr-defined]  # compiled; no stub
     _cuda_error = None
 except ImportError as exc:
     import importlib.util
@@ -86,7 +86,7 @@ def resolve(backend, *arrays, stream=None):
     return obj
 
 
-_objects = {}
+_objects: dict = {}  # backend name -> its object, built on first use
 
 
 def _make(name):

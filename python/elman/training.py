@@ -6,6 +6,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class History:
     grad_norm: list = field(default_factory=list)
     evals: list = field(default_factory=list)
     seconds: float = 0.0
-    diverged_at: int = None
+    diverged_at: Optional[int] = None
 
     @property
     def steps(self):
