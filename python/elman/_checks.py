@@ -149,3 +149,34 @@ def optional(a, name, dtype, shape):
     if a.shape != shape:
         check_shape(a, name, shape)
     return a
+
+
+def memory_limit():
+    """Bytes this process can have at most: the smaller of the physical memory and the
+    address-space limit (``RLIMIT_AS``), where the platform reports them."""
+    limit = sys.maxsize
+    try:
+        import os
+        limit = min(limit, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limit = min(limit, soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return limit
+
+
+def check_budget(nbytes, what):
+    """Refuses, before anything is allocated, a total of ``nbytes`` (computed exactly, with
+    Python integers) that this process could never hold: a MemoryError naming ``what`` and the
+    byte count."""
+    limit = memory_limit()
+    if nbytes > limit:
+        raise MemoryError(f"{what} needs {nbytes} bytes ({nbytes / 2**30:.3g} GiB), more than "
+                          f"this process can have ({limit} bytes: physical memory or the "
+                          "address-space limit); nothing was allocated")
+    return nbytes

@@ -3,6 +3,7 @@ registry, state_dict, zero_grad, train/eval) and the argument checks every layer
 
 import contextlib
 import threading
+import zlib
 from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
 import numpy as np
@@ -97,7 +98,7 @@ class Parameter:
     ``.grad`` also C-contiguous.
     """
 
-    __slots__ = ("_data", "_grad", "name")
+    __slots__ = ("_data", "_grad", "name", "_version")
 
     def __init__(self, data, name=""):
         data = np.asarray(data)
@@ -106,6 +107,7 @@ class Parameter:
         if not data.flags.writeable:
             raise ValueError("Parameter data must be writable (optimizers update it in place)")
         self._data = data
+        self._version = 0  # bumped by every write through the API (see bump_version)
         self._grad = np.zeros(data.shape, data.dtype)
         self.name = name
 
@@ -125,6 +127,7 @@ class Parameter:
         if not value.flags.writeable:
             raise ValueError(f"{label} must be writable (optimizers update it in place)")
         self._data = value
+        self._version += 1
 
     @property
     def grad(self) -> np.ndarray:
@@ -147,6 +150,12 @@ class Parameter:
     def dtype(self) -> np.dtype:
         """The dtype of ``.data`` (and ``.grad``): float32 or float64."""
         return self._data.dtype
+
+    def bump_version(self) -> None:
+        """Marks ``.data`` as changed (optimizers and ``load_state_dict`` call it after writing
+        in place), so that a backward through a forward call made before the change raises
+        instead of mixing old activations with new weights."""
+        self._version += 1
 
     def zero_grad(self) -> None:
         """Sets ``.grad`` to zeros in place."""
@@ -243,6 +252,7 @@ class Module:
             staged[name] = v.astype(p.dtype)
         for name, v in staged.items():
             self._params[name].data[...] = v
+            self._params[name].bump_version()
 
     def zero_grad(self) -> None:
         """Sets every parameter's ``.grad`` to zeros."""
@@ -262,9 +272,31 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def _guard(self, **inputs):
+        """What backward checks to refuse in-place changes made after the forward call: the
+        fingerprints of the caller's arrays it keeps (None entries and elman's own copies are
+        skipped) and the parameters' versions."""
+        arrays = {k: a for k, a in inputs.items() if a is not None and a.flags.writeable}
+        return (list(arrays), [fingerprint(a) for a in arrays.values()],
+                [p._version for p in self._params.values()])
+
+    def _check_guard(self, guard, **inputs):
+        names, fps, versions = guard
+        _check_unchanged(fps, {k: inputs[k] for k in names}, versions, self._params,
+                        type(self).__name__)
+
     def _uniform(self, rng, shape, bound, dtype):
         _checks.check_nbytes(shape, np.float64, f"{type(self).__name__}: a parameter")
         return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+    def _reserve(self, n_elements, largest, dtype):
+        """Checks, before any parameter exists, that the module fits: ``n_elements``
+        parameter elements in all (each with its gradient) plus the float64 draw of the
+        ``largest`` one. A MemoryError naming the module and the byte count otherwise."""
+        itemsize = np.dtype(dtype).itemsize
+        _checks.check_budget(2 * n_elements * itemsize + 8 * largest,
+                             f"{type(self).__name__}: {n_elements} parameters with their "
+                             "gradients")
 
 
 def _backward_context(ctx, what):
@@ -272,3 +304,28 @@ def _backward_context(ctx, what):
         raise RuntimeError(f"{what}.backward() needs a preceding forward call with gradients "
                            "enabled, and each forward can be back-propagated only once")
     return ctx
+
+
+def fingerprint(a):
+    """A cheap fingerprint of an array's values: a CRC-32 of all its bytes when small, else of
+    4096 elements spread over it. Detects a caller's in-place change between forward and
+    backward that touches the sampled elements (e.g. ``x[...] = 0``), not every change."""
+    flat = a.reshape(-1)
+    if flat.size > 4096:
+        flat = flat[:: flat.size // 4096]
+    return zlib.crc32(np.ascontiguousarray(flat).view(np.uint8))
+
+
+def _check_unchanged(recorded, arrays, versions, params, what):
+    """Raises RuntimeError when an input's fingerprint or a parameter's version differs from
+    what the forward call recorded (``arrays``: name -> array, ``params``: name -> Parameter)."""
+    for (name, a), fp in zip(arrays.items(), recorded):
+        if fingerprint(a) != fp:
+            raise RuntimeError(f"{what}.backward(): {name} was modified in place after the "
+                               "forward call; the gradients would be wrong (pass a copy, or "
+                               "run forward again)")
+    for (name, p), v in zip(params.items(), versions):
+        if p._version != v:
+            raise RuntimeError(f"{what}.backward(): parameter {name} was changed after the "
+                               "forward call (e.g. by an optimizer step or load_state_dict); "
+                               "run forward again before backward")

@@ -28,6 +28,8 @@ class Linear(Module):
         self.dtype = _check_dtype(dtype)
         rng = _make_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
+        n = self.out_features * self.in_features
+        self._reserve(n + (self.out_features if has_bias else 0), n, self.dtype)
         self._add_param("weight", self._uniform(rng, (self.out_features, self.in_features), bound, self.dtype))
         if has_bias:  # as torch: .bias is the Parameter, or None
             self._add_param("bias", self._uniform(rng, (self.out_features,), bound, self.dtype))
@@ -53,7 +55,7 @@ class Linear(Module):
         if self.bias is not None:
             y += self.bias.data
         if is_grad_enabled():
-            self._tape.append(x)
+            self._tape.append((x, self._guard(x=x)))
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
     def backward(self, grad_y):
@@ -61,7 +63,8 @@ class Linear(Module):
         taped in grad mode, so a head applied at every step of a loop back-propagates once per
         step in reverse order, as with ``RNNCell``): returns dL/dx, adds dL/dW and dL/db into the
         parameters' ``.grad``. ``zero_grad()`` drops the calls not back-propagated."""
-        x = _backward_context(self._tape[-1] if self._tape else None, "Linear")
+        x, guard = _backward_context(self._tape[-1] if self._tape else None, "Linear")
+        self._check_guard(guard, x=x)
         g = _checks.as_array(grad_y, "grad_y", self.dtype)
         _checks.check_shape(g, "grad_y", x.shape[:-1] + (self.out_features,))
         for name, p in self._params.items():
@@ -100,7 +103,8 @@ class Embedding(Module):
         self.padding_idx = padding_idx
         self.dtype = _check_dtype(dtype)
         rng = _make_rng(seed)
-        _checks.check_nbytes((self.num_embeddings, self.embedding_dim), np.float64, "Embedding: weight")
+        n = self.num_embeddings * self.embedding_dim
+        self._reserve(n, n, self.dtype)
         w = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(self.dtype)
         if padding_idx is not None:
             w[padding_idx] = 0
@@ -122,8 +126,9 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             raise ValueError(f"Embedding: indices must be in [0, {self.num_embeddings}), got "
                              f"values from {idx.min()} to {idx.max()}")
-        self._ctx = idx.copy() if is_grad_enabled() else None
-        return self._params["weight"].data[idx]
+        out = self._params["weight"].data[idx]
+        self._ctx = idx.copy() if is_grad_enabled() else None  # after the lookup succeeded
+        return out
 
     def backward(self, grad):
         """Adds dL/dweight (rows of ``padding_idx`` excluded) into ``weight.grad``; returns None

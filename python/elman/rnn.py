@@ -100,6 +100,10 @@ class RNN(Module):
         self._rng = _make_rng(seed)
         D = 2 if self.bidirectional else 1
         H = self.hidden_size
+        per_bias = 2 * H if self.bias else 0
+        first, later = H * self.input_size + H * H + per_bias, H * D * H + H * H + per_bias
+        self._reserve(D * (first + (self.num_layers - 1) * later),
+                      H * max(self.input_size, D * H if self.num_layers > 1 else 0, H), self.dtype)
         bound = 1.0 / math.sqrt(H)
         for k in range(self.num_layers):
             I_k = self.input_size if k == 0 else D * H
@@ -219,7 +223,12 @@ class RNN(Module):
         out, h_n, tape = F.rnn_layers_forward(x, self._weights(), h0, lengths, self.nonlinearity,
                                               bidirectional=self.bidirectional, dropout=dropout,
                                               record=record, backend=self._be)
-        self._ctx = (tape, h0, lengths, batched, x.shape) if record else None
+        if record:
+            self._ctx = (tape, h0, lengths, batched, x.shape, self._guard(x=x, h0=h0))
+            for _, layer_out, _ in tape:  # backward reads them: protected from in-place changes
+                layer_out.flags.writeable = False
+        else:
+            self._ctx = None
         if not batched:
             return out[:, 0, :], h_n[:, 0, :]
         if self.batch_first:
@@ -254,7 +263,8 @@ class RNN(Module):
         TypeError, ValueError
             Gradients of another dtype or shape; nothing is changed then.
         """
-        tape, h0, lengths, batched, (T, B, I) = _backward_context(self._ctx, "RNN")
+        tape, h0, lengths, batched, (T, B, I), guard = _backward_context(self._ctx, "RNN")
+        self._check_guard(guard, x=tape[0][0], h0=h0)
         D, H, nL = self.num_directions, self.hidden_size, self.num_layers
         if grad_out is not None:
             grad_out = F.as_array(grad_out, "grad_out", self.dtype)
@@ -273,11 +283,20 @@ class RNN(Module):
                 grad_h_n = grad_h_n[:, None, :]
         for name, p in self._params.items():  # all checked before any gradient is touched
             F.check_output(p._grad, f"{name}.grad", self.dtype, p.shape)
-        self._ctx = None
         grads = [tuple(None if p is None else p._grad for p in cell[1:]) for cell in self._cells]
-        grad_x, grad_h0, norms = F.rnn_layers_backward(
-            tape, self._weights(), grads, h0, lengths, self.nonlinearity, grad_out, grad_h_n,
-            bidirectional=self.bidirectional, backend=self._be)
+        # All or nothing: with several kernel calls, a failure in a lower layer (e.g. no memory
+        # for its scratch) must not leave the upper layers' gradients added; they are restored
+        # from a copy (the size of the parameters, small beside the activations).
+        saved = [p._grad.copy() for p in self._params.values()] if len(self._cells) > 1 else None
+        try:
+            grad_x, grad_h0, norms = F.rnn_layers_backward(
+                tape, self._weights(), grads, h0, lengths, self.nonlinearity, grad_out,
+                grad_h_n, bidirectional=self.bidirectional, backend=self._be)
+        except BaseException:
+            for p, g in zip(self._params.values(), saved or ()):
+                p._grad[...] = g
+            raise
+        self._ctx = None  # consumed only once it has succeeded: a failed call can be retried
         self.grad_norms = {cell[0]: n for cell, n in zip(self._cells, norms)}
         if not batched:
             return grad_x[:, 0, :], grad_h0[:, 0, :]
@@ -361,6 +380,8 @@ class RNNCell(Module):
         self.backend = self._be.name
         rng = _make_rng(seed)
         H, bound = self.hidden_size, 1.0 / math.sqrt(self.hidden_size)
+        self._reserve(H * self.input_size + H * H + (2 * H if self.bias else 0),
+                      H * max(self.input_size, H), self.dtype)
         self._add_param("weight_ih", self._uniform(rng, (H, self.input_size), bound, self.dtype))
         self._add_param("weight_hh", self._uniform(rng, (H, H), bound, self.dtype))
         if self.bias:
@@ -400,7 +421,8 @@ class RNNCell(Module):
                             None if b_hh is None else b_hh._data, self.nonlinearity)
             if h1 is not None:
                 if is_grad_enabled():
-                    self._record(h, (x, h, h1))
+                    h1.flags.writeable = False  # backward reads it
+                    self._record(h, (x, h, h1, self._guard(x=x, h=h)))
                 return h1
         return self.forward(x, h)
 
@@ -458,10 +480,14 @@ class RNNCell(Module):
             out, _ = F.rnn_forward(np.ascontiguousarray(xb)[None], W_ih, W_hh, b_ih, b_hh, h, None,
                                    self.nonlinearity, backend=self._be)
             h1 = out[0]
+        record = is_grad_enabled()
+        if record:
+            h1.flags.writeable = False  # backward reads it (and views of it stay read-only)
         if not batched:
             h1 = h1[0]
-        if is_grad_enabled():
-            self._record(h_arg, (x, None if h is None else (h if batched else h[0]), h1))
+        if record:
+            h = None if h is None else (h if batched else h[0])
+            self._record(h_arg, (x, h, h1, self._guard(x=x, h=h)))
         return h1
 
     def backward(self, grad_h1):
@@ -476,7 +502,8 @@ class RNNCell(Module):
         by ``zero_grad()``, and when a call does not continue the previous one (its ``h`` is not
         the array the previous call returned). ``elman.no_grad()`` records nothing.
         """
-        x, h, h1 = _backward_context(self._tape[-1] if self._tape else None, "RNNCell")
+        x, h, h1, guard = _backward_context(self._tape[-1] if self._tape else None, "RNNCell")
+        self._check_guard(guard, x=x, h=h)
         batched = x.ndim == 2
         g = F.as_array(grad_h1, "grad_h1", self.dtype)
         F.check_shape(g, "grad_h1", h1.shape)
