@@ -99,6 +99,7 @@ def test_outputs_needed_by_backward_are_read_only():
     (lambda rnn, x, h0: setattr(rnn.weight_hh_l1, "data", np.zeros((H, H), np.float32)),
      "parameter weight_hh_l1 was changed"),
     (lambda rnn, x, h0: rnn.load_state_dict(rnn.state_dict()), "parameter weight_ih_l0 was changed"),
+    (lambda rnn, x, h0: elman.SGD(rnn.parameters(), lr=0.1).step(), "parameter weight_ih_l0 was changed"),
 ])
 def test_rnn_backward_refuses_inputs_changed_after_forward(change, match):
     rnn, x = _stack("cpu" if "cpu" in elman.backends() else "numpy")

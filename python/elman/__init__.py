@@ -13,7 +13,7 @@ from .layers import (Embedding, Linear, Module, Parameter, RNN, RNNCell, is_grad
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, sigmoid, softmax
 from .optim import SGD, clip_grad_norm_, clip_grad_value_
 from .serialization import load, save
-from ._threads import get_num_threads, set_num_threads
+from ._threads import get_num_threads, max_num_threads, set_num_threads
 from .training import History, fit
 
 try:
@@ -26,5 +26,6 @@ __all__ = [
     "MSELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "sigmoid", "softmax",
     "SGD", "clip_grad_norm_", "clip_grad_value_",
     "fit", "History", "save", "load", "backends", "set_num_threads", "get_num_threads",
+    "max_num_threads",
     "functional", "losses", "reference", "training", "__version__",
 ]

@@ -6,7 +6,7 @@ from numbers import Real
 
 import numpy as np
 
-from .layers import Module, Parameter
+from ._module import Module, Parameter
 
 __all__ = ["SGD", "clip_grad_norm_", "clip_grad_value_", "grad_norm"]
 
@@ -132,6 +132,10 @@ class SGD:
     FloatingPointError, a read-only array ValueError, a failed allocation MemoryError, and each
     leaves every parameter, gradient and momentum buffer unchanged (``error_if_nonfinite=False``
     lets a non-finite norm through, as torch would).
+
+    The hyper-parameters are attributes that may be changed between steps (a learning-rate
+    schedule); an assignment is checked as the constructor checks its argument, and a refused
+    one (``opt.lr = float("nan")``) raises and leaves the value as it was.
     """
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
@@ -139,16 +143,77 @@ class SGD:
         self.params = _param_list(params)
         if not self.params:
             raise ValueError("SGD got an empty parameter list")
-        self.lr = _hyper(lr, "lr")
-        self.momentum = _hyper(momentum, "momentum")
-        self.weight_decay = _hyper(weight_decay, "weight_decay")
-        self.clip_norm = _hyper(clip_norm, "clip_norm", optional=True)
-        self.clip_value = _hyper(clip_value, "clip_value", positive=True, optional=True)
-        self.nesterov = _flag(nesterov, "nesterov")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum requires a momentum > 0")
-        self.error_if_nonfinite = _flag(error_if_nonfinite, "error_if_nonfinite")
+        self._nesterov = False  # so that the momentum check below sees no Nesterov yet
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.clip_norm = clip_norm
+        self.clip_value = clip_value
+        self.nesterov = nesterov
+        self.error_if_nonfinite = error_if_nonfinite
         self._buffers = [None] * len(self.params)
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _hyper(value, "lr")
+
+    @property
+    def momentum(self):
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value):
+        value = _hyper(value, "momentum")
+        if self._nesterov and value == 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self._momentum = value
+
+    @property
+    def nesterov(self):
+        return self._nesterov
+
+    @nesterov.setter
+    def nesterov(self, value):
+        value = _flag(value, "nesterov")
+        if value and self._momentum == 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self._nesterov = value
+
+    @property
+    def weight_decay(self):
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value):
+        self._weight_decay = _hyper(value, "weight_decay")
+
+    @property
+    def clip_norm(self):
+        return self._clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, value):
+        self._clip_norm = _hyper(value, "clip_norm", optional=True)
+
+    @property
+    def clip_value(self):
+        return self._clip_value
+
+    @clip_value.setter
+    def clip_value(self, value):
+        self._clip_value = _hyper(value, "clip_value", positive=True, optional=True)
+
+    @property
+    def error_if_nonfinite(self):
+        return self._error_if_nonfinite
+
+    @error_if_nonfinite.setter
+    def error_if_nonfinite(self, value):
+        self._error_if_nonfinite = _flag(value, "error_if_nonfinite")
 
     def zero_grad(self):
         for p in self.params:
@@ -190,6 +255,7 @@ class SGD:
             if buf is not None:
                 self._buffers[i] = buf
             np.copyto(p.data, data)
+            p.bump_version()  # a backward through an earlier forward would now be wrong
         return norm
 
     def __repr__(self):
