@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../cpu/blas.h"
+#include "../cpu/fpmode.h"
 #include "../cpu/kernels.h"
 #include "../cpu/threads.h"
 #include "../rnn.h"
@@ -553,6 +554,10 @@ PYBIND11_MODULE(_core, m) {
       },
       "Threads of the CPU kernels (the bundled BLAS runs single-threaded inside each).");
   m.def("get_num_threads", []() { return cpu::get_num_threads(); });
+  m.def(
+      "set_flush_denormal", [](bool on) { cpu::set_flush_denormals(on); }, py::arg("on"),
+      "Flush-to-zero and denormals-are-zero inside the kernels (on by default).");
+  m.def("get_flush_denormal", []() { return cpu::flush_denormals(); });
   m.def("default_num_threads", []() { return cpu::default_num_threads(); });
   m.def(
       "set_isa",

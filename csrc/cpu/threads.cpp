@@ -2,6 +2,8 @@
 // a region never waits for a worker to arrive, only for the items taken to be finished.
 #include "threads.h"
 
+#include "fpmode.h"
+
 #include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
@@ -14,6 +16,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -42,6 +45,7 @@ struct Pool {
   // The open region (valid while `open` is set and a worker holds `active`).
   TeamFn fn = nullptr;
   void* ctx = nullptr;
+  bool flush = true;  // the region's floating-point mode (fpmode.h), chosen by its caller
   Region* region = nullptr;
   int want = 1;
   alignas(64) std::atomic<bool> open{false};
@@ -69,6 +73,7 @@ struct Pool {
       active.fetch_add(1, std::memory_order_seq_cst);
       if (open.load(std::memory_order_seq_cst) &&
           joined.fetch_add(1, std::memory_order_relaxed) + 1 < want) {
+        FpModeGuard fp(flush);
         Team team(region);
         fn(ctx, team);
       }
@@ -184,6 +189,8 @@ Phase& Team::next_phase() {
 void parallel_raw(int want, TeamFn fn, void* ctx) {
   Region region;
   PoolRef p;
+  const bool flush = flush_denormals();
+  FpModeGuard fp(flush);  // this thread's mode, restored on return (and on an exception)
   if (want > p->nthreads) want = p->nthreads;
   bool expected = false;
   if (want <= 1 || !p->busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
@@ -192,6 +199,7 @@ void parallel_raw(int want, TeamFn fn, void* ctx) {
     return;
   }
   if (p->workers.empty()) p->start();
+  p->flush = flush;
   p->fn = fn;
   p->ctx = ctx;
   p->region = &region;
@@ -209,6 +217,21 @@ void parallel_raw(int want, TeamFn fn, void* ctx) {
   while (p->active.load(std::memory_order_seq_cst) != 0) _mm_pause();  // late joiners leave
   p->busy.store(false, std::memory_order_release);
 }
+
+namespace {
+// ELMAN_FLUSH_DENORMAL=0 (or "false", "off", "no") starts with exact subnormal arithmetic.
+bool flush_from_env() {
+  const char* env = std::getenv("ELMAN_FLUSH_DENORMAL");
+  if (!env) return true;
+  std::string v(env);
+  for (char& c : v) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return !(v == "0" || v == "false" || v == "off" || v == "no");
+}
+std::atomic<bool> g_flush{flush_from_env()};
+}  // namespace
+
+bool flush_denormals() { return g_flush.load(std::memory_order_relaxed); }
+void set_flush_denormals(bool on) { g_flush.store(on, std::memory_order_relaxed); }
 
 int max_num_threads() {
   const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
