@@ -12,7 +12,10 @@ import pytest
 import elman
 from conftest import assert_close, max_abs
 
-pytestmark = pytest.mark.skipif("cpu" not in elman.backends(), reason="no compiled CPU backend")
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.skipif("cpu" not in elman.backends(), reason="no compiled CPU backend"),
+]
 
 
 @pytest.fixture(params=[True, False], ids=["flush", "exact"])

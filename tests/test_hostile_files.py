@@ -21,6 +21,8 @@ import pytest
 
 import elman
 
+pytestmark = pytest.mark.reliability
+
 # The child may hold at most this much address space beyond what the interpreter with numpy
 # and elman already maps (about 250 MB here): a little over 1.5 GB in all, less than any bomb
 # below claims, far more than loading the small models of these files needs.

@@ -11,7 +11,7 @@ import pytest
 import elman
 from conftest import HOST_BACKENDS
 
-pytestmark = pytest.mark.bad_input
+pytestmark = [pytest.mark.bad_input, pytest.mark.reliability]
 
 T, B, I, H = 5, 3, 4, 6
 

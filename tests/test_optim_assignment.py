@@ -7,6 +7,8 @@ import pytest
 
 import elman
 
+pytestmark = pytest.mark.reliability
+
 GOOD = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, clip_norm=1.0, clip_value=0.5)
 
 # (attribute, value, exception): each value is refused by the constructor too

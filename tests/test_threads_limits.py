@@ -15,7 +15,10 @@ import pytest
 
 import elman
 
-pytestmark = pytest.mark.skipif("cpu" not in elman.backends(), reason="the compiled backend is missing")
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.skipif("cpu" not in elman.backends(), reason="the compiled backend is missing"),
+]
 CAP = elman.max_num_threads()
 
 

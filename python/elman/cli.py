@@ -229,10 +229,19 @@ def _bench(args):
             if "cpu" in t and "torch" in t:
                 line += f"  (cpu is {t['torch'] / t['cpu']:.1f}x faster)"
             print(line)
+    regime_rows = []
+    if not args.no_regimes and "cpu" in backends:
+        from . import _bench_regimes as R
+        print("\nregimes: where training scripts spend their time (torch: the faster of 1 and 2 "
+              "threads)")
+        regime_rows = R.run_regimes(args.quick, rounds, args.block, args.gap)
+        for r in regime_rows:
+            print(R.format_row(r))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "peak_gflops": peak, "single_thread_gflops": single,
-                       "rows": rows, "cell": cell_rows}, f, indent=1, default=str)
+                       "rows": rows, "cell": cell_rows, "regimes": regime_rows}, f, indent=1,
+                      default=str)
         print(f"\nraw numbers written to {args.json}")
     if args.plot:
         _plot(rows, backends, args.plot)
@@ -287,6 +296,9 @@ def main(argv=None):
     pb.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     pb.add_argument("--plot", metavar="FILE.png", help="plot speed-up against work (needs matplotlib)")
     pb.add_argument("--no-cell", action="store_true", help="skip the RNNCell streaming measurement")
+    pb.add_argument("--no-regimes", action="store_true",
+                    help="skip the regimes section (vanishing gradients, short sequences, cell "
+                         "loops, stacked and bidirectional layers at B = 1, each against torch)")
     pb.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar on stderr (default: when stderr is a terminal)")
     args = parser.parse_args(argv)

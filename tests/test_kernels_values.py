@@ -18,6 +18,8 @@ import elman
 from elman import functional as F, reference
 from conftest import HOST_BACKENDS, assert_close, max_abs
 
+pytestmark = pytest.mark.reliability
+
 core = pytest.importorskip("elman._core")  # the isa fixture (conftest) runs every level
 
 
@@ -309,7 +311,7 @@ def test_importing_and_calling_elman_leaves_the_fp_mode_alone():
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_reliability_values import _mxcsr_probe
+        from test_kernels_values import _mxcsr_probe
         read, _ = _mxcsr_probe()
         start = read() & {CONTROL}
         assert start & ({FTZ} | {DAZ}) == 0, hex(start)

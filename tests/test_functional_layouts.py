@@ -11,6 +11,8 @@ import elman
 from elman import functional as F, reference
 from conftest import assert_close, max_abs
 
+pytestmark = pytest.mark.reliability
+
 T, B, I, H = 6, 7, 5, 17
 
 

@@ -2,7 +2,7 @@
 elman's conventions (TypeError: wrong Python type or dtype; ValueError: wrong shape, size or
 value; RuntimeError: a call out of order) and a message that names the argument with expected vs
 actual. Cases run on every backend; after a rejected call the module is unchanged and still
-works. The compiled module's own checks are in test_reliability_binding.py."""
+works. The compiled module's own checks are in test_core_binding.py."""
 
 import numpy as np
 import pytest
@@ -10,6 +10,8 @@ import pytest
 import elman
 from elman import functional as F
 from conftest import HOST_BACKENDS
+
+pytestmark = pytest.mark.reliability
 
 T, B, I, H = 5, 3, 4, 6
 f32, f64 = np.float32, np.float64
