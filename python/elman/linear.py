@@ -46,6 +46,23 @@ class Linear(Module):
                 f"bias={self.bias is not None})")
 
     def forward(self, x):
+        """``y = x W^T + b`` over any leading shape.
+
+        Parameters
+        ----------
+        x : ndarray
+            (..., in_features) in the layer's dtype.
+
+        Returns
+        -------
+        ndarray
+            (..., out_features). In grad mode the call is taped for ``backward``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Another dtype, or a last dimension other than ``in_features``.
+        """
         x = _checks.as_array(x, "input", self.dtype)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: input.shape[-1] must be in_features = {self.in_features}, "
@@ -120,6 +137,18 @@ class Embedding(Module):
         return s + (f", padding_idx={self.padding_idx})" if self.padding_idx is not None else ")")
 
     def forward(self, indices):
+        """The rows ``weight[indices]``.
+
+        Parameters
+        ----------
+        indices : array of int
+            Any shape, values in [0, num_embeddings).
+
+        Returns
+        -------
+        ndarray
+            ``indices.shape + (embedding_dim,)``.
+        """
         idx = np.asarray(indices)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"Embedding: indices must be integers, got dtype {idx.dtype}")

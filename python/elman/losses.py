@@ -25,6 +25,7 @@ def sigmoid(x):
 
 
 def log_softmax(x, axis=-1):
+    """``log(softmax(x))`` along ``axis``, computed stably (no overflow for large logits)."""
     x = np.asarray(x)
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))

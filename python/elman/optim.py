@@ -155,6 +155,7 @@ class SGD:
 
     @property
     def lr(self):
+        """The learning rate: a finite number > 0, checked on assignment."""
         return self._lr
 
     @lr.setter
@@ -163,6 +164,7 @@ class SGD:
 
     @property
     def momentum(self):
+        """Momentum factor in [0, 1) (0: plain SGD), checked on assignment."""
         return self._momentum
 
     @momentum.setter
@@ -174,6 +176,7 @@ class SGD:
 
     @property
     def nesterov(self):
+        """Whether the momentum step is Nesterov's (needs momentum > 0)."""
         return self._nesterov
 
     @nesterov.setter
@@ -185,6 +188,7 @@ class SGD:
 
     @property
     def weight_decay(self):
+        """L2 penalty factor >= 0 added to each gradient (torch's weight_decay)."""
         return self._weight_decay
 
     @weight_decay.setter
@@ -193,6 +197,7 @@ class SGD:
 
     @property
     def clip_norm(self):
+        """Global gradient norm to clip to before each step, or None."""
         return self._clip_norm
 
     @clip_norm.setter
@@ -201,6 +206,7 @@ class SGD:
 
     @property
     def clip_value(self):
+        """Bound to clamp each gradient element to before each step, or None."""
         return self._clip_value
 
     @clip_value.setter
@@ -209,6 +215,7 @@ class SGD:
 
     @property
     def error_if_nonfinite(self):
+        """Whether a non-finite gradient norm raises FloatingPointError (and changes nothing)."""
         return self._error_if_nonfinite
 
     @error_if_nonfinite.setter
@@ -216,10 +223,30 @@ class SGD:
         self._error_if_nonfinite = _flag(value, "error_if_nonfinite")
 
     def zero_grad(self):
+        """Sets every parameter's ``.grad`` to zeros."""
         for p in self.params:
             p.zero_grad()
 
     def step(self):
+        """Clips (when ``clip_norm`` / ``clip_value`` are set) and updates every parameter in place.
+
+        Returns
+        -------
+        float
+            The global L2 norm of the gradients before clipping.
+
+        Raises
+        ------
+        FloatingPointError
+            A non-finite gradient norm (unless ``error_if_nonfinite`` is False).
+        ValueError
+            A read-only parameter or gradient.
+
+        The whole step is computed before it is committed: when anything fails, every
+        parameter, gradient and momentum buffer is left as it was. Each updated parameter's
+        version is bumped, so a ``backward`` through a forward call made before the step
+        raises instead of mixing old activations with new weights.
+        """
         clips = self.clip_norm is not None or self.clip_value is not None
         _check_writable(self.params, lambda p: [("data", p.data)] + ([("grad", p.grad)] if clips else []))
         norm = grad_norm(self.params)

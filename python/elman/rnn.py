@@ -124,6 +124,7 @@ class RNN(Module):
 
     @property
     def num_directions(self):
+        """D: 2 when bidirectional, else 1."""
         return 2 if self.bidirectional else 1
 
     def _weights(self):

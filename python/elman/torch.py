@@ -254,6 +254,8 @@ class RNN(torch.nn.RNN):
         return _convert(self, torch.nn.RNN, self._flat_weights_names, _rnn_kwargs(self), copy)
 
     def forward(self, input, hx=None):
+        """As ``torch.nn.RNN.forward`` / ``torch.nn.RNNCell.forward``: CPU float32 / float64 tensors run elman's fused kernels, anything else torch's own forward (see the class docstring).
+        """
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         weights = _current(self, self._flat_weights_names)
@@ -366,6 +368,8 @@ class RNNCell(torch.nn.RNNCell):
         return _convert(self, torch.nn.RNNCell, _cell_names(self), _cell_kwargs(self), copy)
 
     def forward(self, input, hx=None):
+        """As ``torch.nn.RNN.forward`` / ``torch.nn.RNNCell.forward``: CPU float32 / float64 tensors run elman's fused kernels, anything else torch's own forward (see the class docstring).
+        """
         weights = _current(self, _CELL_NAMES if self.bias else _CELL_NAMES[:2])
         shape = input.shape if isinstance(input, torch.Tensor) else None
         # The kernel path takes valid input only: (B, I) with B > 0 or (I,), hx of the

@@ -32,10 +32,12 @@ class History:
 
     @property
     def steps(self):
+        """Optimizer steps taken (one per minibatch)."""
         return len(self.loss)
 
     @property
     def steps_per_second(self):
+        """Training throughput: steps / seconds (0 before any step)."""
         return self.steps / self.seconds if self.seconds > 0 else float("nan")
 
     def metric(self, name):
