@@ -56,7 +56,7 @@ def _np(t):
 # Zero-copy NumPy views of weight tensors, kept while the tensor lives on the same memory:
 # id(tensor) -> (weakref to it, data_ptr, view). A view costs ~1.5 us to make, a lookup ~0.3 us;
 # a short sequence or a cell step makes four of them per call. The entry goes with its tensor.
-_VIEWS = {}
+_VIEWS: dict = {}
 
 
 def _view(t):
