@@ -3,13 +3,14 @@ functional floor and the backends. Messages name the argument and give expected 
 Imports numpy only."""
 
 import sys
+from typing import Optional
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NONLINEARITIES = ("tanh", "relu")
 
-def as_array(a, name, dtype):
+def as_array(a, name, dtype) -> np.ndarray:
     """``a`` as an ndarray of exactly ``dtype``; TypeError otherwise (never a silent cast).
 
     The only conversion is a byte-order swap of the same float type, which keeps every value.
@@ -57,7 +58,7 @@ def check_nbytes(shape, dtype, what):
     return n
 
 
-def empty(shape, dtype, what):
+def empty(shape, dtype, what) -> np.ndarray:
     """``np.empty`` with a MemoryError that names ``what`` (nothing is touched when it fails)."""
     try:
         return np.empty(shape, dtype)
@@ -78,7 +79,7 @@ def check_disjoint(outputs, inputs):
                 raise ValueError(f"{name} must not share memory with {other}")
 
 
-def as_lengths(lengths, T, B):
+def as_lengths(lengths, T, B) -> Optional[np.ndarray]:
     """``lengths`` as a contiguous int64 (B,) array with 1 <= lengths[b] <= T, or None."""
     if lengths is None:
         return None
@@ -142,7 +143,7 @@ def check_output(a, name, dtype, shape):
         raise ValueError(f"{name} must be C-contiguous and aligned (it is written in place)")
 
 
-def optional(a, name, dtype, shape):
+def optional(a, name, dtype, shape) -> Optional[np.ndarray]:
     if a is None:
         return None
     a = as_array(a, name, dtype)

@@ -18,13 +18,13 @@ _ENV_NUMBER = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+[ \t\n\v\f\r]*", re.ASCII)
 _CPUS = os.cpu_count() or 1  # counted once: os.cpu_count() reads /sys (30 us a call)
 
 
-def max_num_threads():
+def max_num_threads() -> int:
     """The most threads elman accepts: 4 x ``os.cpu_count()``, at least 4 (more threads than
     cores only take turns; thousands of them slow every call and can exhaust the process)."""
     return max(4, 4 * _CPUS)
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Number of threads the cpu backend uses, 1 to :func:`max_num_threads` (default: the
     CPUs this process may use, or ELMAN_NUM_THREADS)."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
@@ -37,7 +37,7 @@ def set_num_threads(n):
     _backend.core().set_num_threads(int(n))
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Number of threads the cpu backend uses."""
     return _backend.core().get_num_threads()
 
@@ -61,7 +61,7 @@ def _check_environment():
 _check_environment()
 
 
-def set_flush_denormal(mode):
+def set_flush_denormal(mode: bool) -> bool:
     """Whether the CPU kernels flush subnormal floats to zero (flush-to-zero and
     denormals-are-zero, on by default; the environment variable ``ELMAN_FLUSH_DENORMAL=0``
     starts with it off).
@@ -91,6 +91,6 @@ def set_flush_denormal(mode):
     return previous
 
 
-def get_flush_denormal():
+def get_flush_denormal() -> bool:
     """Whether the CPU kernels flush subnormal floats to zero (see :func:`set_flush_denormal`)."""
     return bool(_backend.core().get_flush_denormal())

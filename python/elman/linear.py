@@ -4,6 +4,7 @@ b_y) and Embedding (a lookup table), as ``torch.nn.Linear`` / ``torch.nn.Embeddi
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _checks, functional as F
 from ._module import (Module, _backward_context, _check_bool, _check_dtype, _check_size,
@@ -45,7 +46,7 @@ class Linear(Module):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None})")
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """``y = x W^T + b`` over any leading shape.
 
         Parameters
@@ -75,7 +76,7 @@ class Linear(Module):
             self._tape.append((x, self._guard(x=x)))
         return y.reshape(x.shape[:-1] + (self.out_features,))
 
-    def backward(self, grad_y):
+    def backward(self, grad_y: ArrayLike) -> np.ndarray:
         """Back-propagates through the most recent call not yet back-propagated (calls are
         taped in grad mode, so a head applied at every step of a loop back-propagates once per
         step in reverse order, as with ``RNNCell``): returns dL/dx, adds dL/dW and dL/db into the
@@ -136,7 +137,7 @@ class Embedding(Module):
         s = f"Embedding({self.num_embeddings}, {self.embedding_dim}"
         return s + (f", padding_idx={self.padding_idx})" if self.padding_idx is not None else ")")
 
-    def forward(self, indices):
+    def forward(self, indices: ArrayLike) -> np.ndarray:
         """The rows ``weight[indices]``.
 
         Parameters
@@ -159,7 +160,7 @@ class Embedding(Module):
         self._ctx = idx.copy() if is_grad_enabled() else None  # after the lookup succeeded
         return out
 
-    def backward(self, grad):
+    def backward(self, grad: ArrayLike) -> None:
         """Adds dL/dweight (rows of ``padding_idx`` excluded) into ``weight.grad``; returns None
         (integer indices have no gradient)."""
         idx = _backward_context(self._ctx, "Embedding")

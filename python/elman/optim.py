@@ -3,6 +3,7 @@
 
 import math
 from numbers import Real
+from typing import Iterable
 
 import numpy as np
 
@@ -89,7 +90,8 @@ def _scale_to_norm(params, norm, max_norm):
                 p.grad *= coef
 
 
-def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
+def clip_grad_norm_(params: Iterable[Parameter], max_norm: float,
+                    error_if_nonfinite: bool = True) -> float:
     """Scales all gradients in place so that their global L2 norm is at most ``max_norm``
     (coefficient max_norm / (norm + 1e-6), applied only when below 1, as torch). Returns the
     norm before clipping. A non-finite norm raises FloatingPointError and changes nothing,
@@ -105,7 +107,7 @@ def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
     return norm
 
 
-def clip_grad_value_(params, clip_value):
+def clip_grad_value_(params: Iterable[Parameter], clip_value: float) -> None:
     """Clamps every gradient element to [-clip_value, clip_value] in place (NaN stays NaN)."""
     params = _param_list(params)
     clip_value = _hyper(clip_value, "clip_value")
@@ -222,12 +224,12 @@ class SGD:
     def error_if_nonfinite(self, value):
         self._error_if_nonfinite = _flag(value, "error_if_nonfinite")
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Sets every parameter's ``.grad`` to zeros."""
         for p in self.params:
             p.zero_grad()
 
-    def step(self):
+    def step(self) -> float:
         """Clips (when ``clip_norm`` / ``clip_value`` are set) and updates every parameter in place.
 
         Returns

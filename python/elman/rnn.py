@@ -4,8 +4,10 @@ Names, shapes and defaults follow ``torch.nn``."""
 
 import math
 import warnings
+from typing import Optional, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _keras, functional as F
 from ._module import (Module, _backward_context, _check_bool, _check_dtype, _check_size,
@@ -160,7 +162,8 @@ class RNN(Module):
         return s + ")"
 
     # -- forward
-    def forward(self, x, h0=None, lengths=None):
+    def forward(self, x: ArrayLike, h0: Optional[ArrayLike] = None,
+                lengths: Optional[ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Runs every layer and direction over the sequence (also ``rnn(x, h0, lengths)``).
 
         Parameters
@@ -237,7 +240,8 @@ class RNN(Module):
         return out, h_n
 
     # -- backward
-    def backward(self, grad_out=None, grad_h_n=None):
+    def backward(self, grad_out: Optional[ArrayLike] = None,
+                 grad_h_n: Optional[ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]:
         """BPTT through the last forward call (each forward can be back-propagated once).
 
         Parameters
@@ -269,7 +273,7 @@ class RNN(Module):
         D, H, nL = self.num_directions, self.hidden_size, self.num_layers
         if grad_out is not None:
             grad_out = F.as_array(grad_out, "grad_out", self.dtype)
-            expected = (T, B, D * H) if not self.batch_first else (B, T, D * H)
+            expected: tuple = (T, B, D * H) if not self.batch_first else (B, T, D * H)
             if not batched:
                 expected = (T, D * H)
             F.check_shape(grad_out, "grad_out", expected)
@@ -441,7 +445,7 @@ class RNNCell(Module):
         self._tape.clear()
         super().zero_grad()
 
-    def forward(self, x, h=None):
+    def forward(self, x: ArrayLike, h: Optional[ArrayLike] = None) -> np.ndarray:
         """One step: ``h1 = f(x W_ih^T + b_ih + h W_hh^T + b_hh)`` with x (B, I) or (I,) and
         h (B, H) or (H,) (None: zeros). In grad mode the call goes on the cell's tape, so that
         ``backward`` can be called once per step in reverse order (see :meth:`backward`)."""
@@ -491,7 +495,7 @@ class RNNCell(Module):
             self._record(h_arg, (x, h, h1, self._guard(x=x, h=h)))
         return h1
 
-    def backward(self, grad_h1):
+    def backward(self, grad_h1: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
         """Back-propagates through the most recent step on the tape not yet back-propagated:
         ``grad_h1`` is dL/dh1 of that step; returns ``(grad_x, grad_h)`` (dL/dx and dL/dh of
         that step) and adds into the parameters' ``.grad``.

@@ -9,6 +9,7 @@ import math
 import os
 import tempfile
 import zipfile
+from typing import Optional, Union
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def _path(path):
     return os.fspath(path)
 
 
-def save(module, path):
+def save(module: Module, path: Union[str, os.PathLike]) -> None:
     """Writes ``module`` (an elman RNN, RNNCell, Linear or Embedding) to ``path``: an
     uncompressed .npz archive with one array per parameter (its exact dtype and bytes) and the
     constructor's arguments as JSON under ``"__elman__"``. The file is written under a
@@ -48,7 +49,7 @@ def save(module, path):
     fd, tmp = tempfile.mkstemp(prefix=".elman-", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub: keyword arrays
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -336,7 +337,8 @@ def _build(path, cls, config, backend):
                          f"configuration ({exc})") from None
 
 
-def load(path, into=None, backend=None):
+def load(path: Union[str, os.PathLike], into: Optional[Module] = None,
+         backend: Optional[str] = None) -> Module:
     """Reads a file written by :func:`save`.
 
     With ``into=None``, builds a new module of the stored class and configuration
