@@ -1,0 +1,234 @@
+"""elman.keras: a drop-in ``keras.layers.SimpleRNN`` whose forward and backward run elman's fused
+kernels on Keras's torch backend. Imported only on request (``import elman.keras``), which imports
+keras (set ``KERAS_BACKEND=torch`` before it); ``import elman`` never does.
+
+The class subclasses Keras's own, so constructor, config, weights (``kernel``,
+``recurrent_kernel``, ``bias``), weight files, ``model.save`` / ``load_model`` and masks behave as
+Keras's. Only ``call`` differs: CPU float32 / float64 tensors with a tanh or relu activation go
+through the autograd node of ``elman.torch`` (one fused kernel call forward, one backward);
+everything else runs ``keras.layers.SimpleRNN.call`` with the same weights and says so once.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+__all__ = ["SimpleRNN", "KernelFallbackWarning"]
+
+# The activations the kernels have, by the Keras function object (a lambda, a relu with
+# max_value or a leaky slope, or None are other functions: they fall back).
+_ACTIVATIONS = {keras.activations.tanh: "tanh", keras.activations.relu: "relu"}
+
+
+class KernelFallbackWarning(UserWarning):
+    """An ``elman.keras`` layer ran Keras's own computation instead of elman's kernels; the
+    message names the reason (also kept in ``layer.fallback_reason``)."""
+
+
+def _torch():
+    """torch and elman.torch, imported only when the torch backend runs a layer (keras already
+    imported torch then)."""
+    import torch
+
+    from . import torch as elman_torch
+    return torch, elman_torch
+
+
+@keras.saving.register_keras_serializable(package="elman")
+class SimpleRNN(keras.layers.SimpleRNN):
+    """``keras.layers.SimpleRNN`` running on elman's fused CPU kernels; a drop-in replacement.
+
+    Same constructor (``units, activation='tanh', use_bias=True``, initializers, regularizers,
+    constraints, ``dropout, recurrent_dropout, return_sequences, return_state, go_backwards,
+    stateful, unroll, seed``), same weights and config, ``isinstance(layer,
+    keras.layers.SimpleRNN)``; registered for serialization as ``"elman>SimpleRNN"``.
+    A model saved with this layer loads back with it once ``elman.keras`` is imported; to load it
+    with Keras's own layer map the name: ``keras.saving.custom_object_scope({"elman>SimpleRNN":
+    keras.layers.SimpleRNN})``. Weight files (``save_weights`` / ``load_weights``) are the same
+    for both classes.
+
+    The kernel path: the torch backend, CPU float32 / float64 tensors, activation tanh or relu,
+    no ``recurrent_dropout`` while training (input ``dropout`` is fine: Keras's own mask, drawn
+    as Keras draws it, is applied to the input first), and no mask or a prefix mask (each
+    sequence's valid steps first, at least one, e.g. from ``Masking`` or
+    ``Embedding(mask_zero=True)`` on right-padded data), which becomes elman's ``lengths``.
+    ``return_sequences``, ``return_state``, ``go_backwards``, ``stateful``, ``initial_state`` and
+    ``zero_output_for_mask`` give Keras's values there; ``unroll`` changes nothing (same math).
+    Gradients reach ``kernel``, ``recurrent_kernel``, ``bias``, the input and ``initial_state``
+    through torch's autograd.
+
+    Anything else (other backends, GPU tensors, other dtypes or activations, recurrent dropout
+    in training, a mask that is not a prefix, a fully masked sequence, ``torch.compile``,
+    tracing, autocast) runs ``keras.layers.SimpleRNN.call`` with the same weights, and the
+    first time for each reason a :class:`KernelFallbackWarning` names it. After each call
+    ``layer.kernel_path`` is True (elman's kernels ran) or False (Keras's computation ran), and
+    ``layer.fallback_reason`` is None or the reason. Keras's shape inference (symbolic calls
+    while a model is built) runs Keras's computation silently and changes neither attribute;
+    so does invalid input, for which Keras raises its own errors.
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self.kernel_path = None       # None until the first call
+        self.fallback_reason = None
+        self._warned = set()
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        if in_symbolic_scope():  # shape inference: nothing is computed for real
+            return super().call(sequences, initial_state=initial_state, mask=mask,
+                                training=training)
+        reason, lengths = self._kernel_check(sequences, initial_state, mask, training)
+        if reason is None:
+            self.kernel_path, self.fallback_reason = True, None
+            return self._kernel_call(sequences, initial_state, lengths, training)
+        if reason is not _INVALID:
+            self.kernel_path, self.fallback_reason = False, reason
+            if reason not in self._warned:
+                self._warned.add(reason)
+                warnings.warn(f"{self.name}: elman.keras.SimpleRNN runs Keras's own SimpleRNN "
+                              f"computation: {reason}", KernelFallbackWarning, stacklevel=2)
+        return super().call(sequences, initial_state=initial_state, mask=mask,
+                            training=training)
+
+    # -- which path
+    def _kernel_check(self, sequences, initial_state, mask, training):
+        """(None, lengths) when the kernels can run the call (lengths: (B,) int64 ndarray or
+        None); otherwise (the reason, None), the reason ``_INVALID`` for input that Keras's
+        own call must judge (it raises, or handles an empty batch)."""
+        backend = keras.config.backend()
+        if backend != "torch":
+            return f"the {backend} backend has no kernel path (torch has)", None
+        torch, elman_torch = _torch()
+        activation = _ACTIVATIONS.get(self.cell.activation)
+        if activation is None:
+            name = getattr(self.cell.activation, "__name__", repr(self.cell.activation))
+            return f"activation {name} (the kernels have tanh and relu)", None
+        if training and self.cell.recurrent_dropout > 0:
+            return "recurrent_dropout > 0 in training", None
+        state = self._state_tensor(initial_state)
+        if not (isinstance(sequences, torch.Tensor) and sequences.dim() == 3
+                and sequences.shape[0] > 0 and sequences.shape[1] > 0 and state is not False
+                and (mask is None or isinstance(mask, torch.Tensor))
+                and (state is None or tuple(state.shape) == (sequences.shape[0], self.units))
+                and (self._expected_batch_size is None
+                     or sequences.shape[0] == self._expected_batch_size)):
+            return _INVALID, None
+        tensors = [sequences, state, *self._weights(torch)[:3]]
+        for t in tensors:
+            if t is not None and t.device.type != "cpu":
+                return f"tensors on {t.device.type} (the kernel path runs on the CPU)", None
+        dtypes = {t.dtype for t in tensors if t is not None}
+        if len(dtypes) != 1 or not dtypes <= set(elman_torch._KERNEL_DTYPES):
+            names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
+            return f"dtype {names} (the kernels take one of float32, float64)", None
+        if not elman_torch._kernels_take(tensors):
+            return ("a context that needs torch's own operations (torch.compile, tracing, "
+                    "functorch transforms, forward-mode AD, autocast)"), None
+        if mask is None:
+            return None, None
+        if mask.device.type != "cpu" or tuple(mask.shape) != tuple(sequences.shape[:2]):
+            return _INVALID, None
+        return _lengths_of(torch, mask)
+
+    def _state_tensor(self, initial_state):
+        """The one (B, H) initial state tensor: given, the stateful layer's own, or None (zeros);
+        False when ``initial_state`` is not a tensor or a one-tensor list."""
+        if initial_state is None:
+            return self.states[0].value if self.stateful else None
+        if isinstance(initial_state, (list, tuple)):
+            if len(initial_state) != 1:
+                return False
+            initial_state = initial_state[0]
+        if isinstance(initial_state, keras.Variable):
+            initial_state = initial_state.value
+        torch, _ = _torch()
+        return initial_state if isinstance(initial_state, torch.Tensor) else False
+
+    def _weights(self, torch):
+        """The weights in torch's flat order, as differentiable torch ops on the Keras
+        variables' tensors: weight_ih = kernel.T, weight_hh = recurrent_kernel.T, bias_ih = bias,
+        bias_hh = 0 (Keras has one bias), or the two matrices without bias."""
+        cell = self.cell
+        weights = [cell.kernel.value.T, cell.recurrent_kernel.value.T]
+        if cell.use_bias:
+            bias = cell.bias.value
+            weights += [bias, torch.zeros_like(bias, requires_grad=False)]
+        return weights
+
+    # -- the kernel path
+    def _kernel_call(self, sequences, initial_state, lengths, training):
+        torch, elman_torch = _torch()
+        x = self._dropped_input(sequences, training)                       # (B, T, I)
+        B, T, _ = x.shape
+        h0 = self._state_tensor(initial_state)
+        if h0 is not None:
+            h0 = h0.to(x.dtype)
+            if self.stateful and initial_state is None:
+                h0 = h0.clone()  # the state variable is overwritten in place below
+            h0 = h0.unsqueeze(0)                                           # (1, B, H)
+        if lengths is not None:
+            L = torch.from_numpy(lengths).view(B, 1)
+            steps = torch.arange(T).view(1, T)
+        if self.go_backwards:
+            # Keras reads x_{L-1} .. x_0 (masked steps come first in that order, leaving the
+            # state as it is and giving zero outputs): reverse each sequence's valid part
+            x = x.flip(1) if lengths is None else _take_steps(x, (L - 1 - steps) % T)
+        weights = self._weights(torch)
+        cfg = (_ACTIVATIONS[self.cell.activation], 1, len(weights), lengths, False)
+        out, h_n = elman_torch._run_layer(cfg, x.transpose(0, 1).contiguous(), h0, weights)
+        h_n = h_n[0]                                                       # (B, H)
+        if self.return_sequences:
+            out = out.transpose(0, 1)                                      # (B, T, H)
+            if lengths is not None:
+                if self.go_backwards:  # valid outputs last, zeros first, in Keras's order
+                    out = _take_steps(out, (steps - T + L) % T)
+                elif not self.zero_output_for_mask:  # past its length, the last valid output
+                    out = _take_steps(out, torch.minimum(steps, L - 1))
+            output = out
+        elif (lengths is not None and self.zero_output_for_mask and not self.go_backwards):
+            output = torch.where(torch.from_numpy(lengths == T).view(B, 1), h_n,
+                                 torch.zeros_like(h_n))
+        else:
+            output = h_n
+        if self.stateful:
+            self.states[0].assign(h_n)
+        if self.return_state:
+            return output, h_n
+        return output
+
+    def _dropped_input(self, sequences, training):
+        """The input times Keras's own dropout mask (one (B, I) mask for every step), drawn from
+        the cell's seed generator exactly as Keras's call draws it, applied only in training."""
+        cell = self.cell
+        state = [keras.ops.zeros((sequences.shape[0], self.units), dtype=sequences.dtype)]
+        self._maybe_config_dropout_masks(cell, sequences[:, 0, :], state)
+        mask = cell.get_dropout_mask(sequences[:, 0, :])
+        self._maybe_reset_dropout_masks(cell)
+        if training and mask is not None:
+            return sequences * mask.unsqueeze(1)
+        return sequences
+
+
+_INVALID = "invalid input"  # a sentinel: Keras's own call judges it, without a warning
+
+
+def _lengths_of(torch, mask):
+    """(None, lengths) for a prefix mask (B, T): (B,) int64 ndarray, or None when no step is
+    masked; (the reason, None) for any other mask."""
+    mask = mask.to(torch.bool)
+    counts = mask.sum(dim=1)                                               # (B,)
+    T = mask.shape[1]
+    if not torch.equal(mask, torch.arange(T).view(1, T) < counts.view(-1, 1)):
+        return "a mask that is not a prefix mask (each sequence's valid steps first)", None
+    if int(counts.min()) == 0:
+        return "a fully masked sequence (every step of it masked)", None
+    if int(counts.min()) == T:
+        return None, None
+    return None, counts.numpy().astype(np.int64)
+
+
+def _take_steps(x, index):
+    """x[b, index[b, t]] for x (B, T, F) and index (B, T): a differentiable gather in time."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
