@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
-__all__ = ["SimpleRNN", "KernelFallbackWarning"]
+__all__ = ["SimpleRNN", "KernelFallbackWarning", "convert"]
 
 # The activations the kernels have, by the Keras function object (a lambda, a relu with
 # max_value or a leaky slope, or None are other functions: they fall back).
@@ -202,6 +202,8 @@ class SimpleRNN(keras.layers.SimpleRNN):
         """The input times Keras's own dropout mask (one (B, I) mask for every step), drawn from
         the cell's seed generator exactly as Keras's call draws it, applied only in training."""
         cell = self.cell
+        if cell.dropout == 0 and cell.recurrent_dropout == 0:
+            return sequences
         state = [keras.ops.zeros((sequences.shape[0], self.units), dtype=sequences.dtype)]
         self._maybe_config_dropout_masks(cell, sequences[:, 0, :], state)
         mask = cell.get_dropout_mask(sequences[:, 0, :])
@@ -209,6 +211,32 @@ class SimpleRNN(keras.layers.SimpleRNN):
         if training and mask is not None:
             return sequences * mask.unsqueeze(1)
         return sequences
+
+
+def convert(model, to="elman"):
+    """A copy of a ``Sequential`` or functional ``model`` whose top-level
+    ``keras.layers.SimpleRNN`` layers are ``elman.keras.SimpleRNN`` (``to="elman"``), or the
+    other way round (``to="keras"``), with the same configs and a copy of every weight.
+
+    This is how a model saved with Keras's layer runs on elman's kernels after
+    ``keras.models.load_model`` (which always builds the class that saved it), and how a model
+    saved with elman's layer becomes plain Keras in a process that imported ``elman.keras``.
+    The copy is not compiled: call ``compile`` on it. Layers inside wrappers (``Bidirectional``,
+    ``TimeDistributed``) or nested models are copied as they are.
+    """
+    if to not in ("elman", "keras"):
+        raise ValueError(f"convert: to must be 'elman' or 'keras', got {to!r}")
+
+    def clone(layer):
+        if to == "elman" and type(layer) is keras.layers.SimpleRNN:
+            return SimpleRNN.from_config(layer.get_config())
+        if to == "keras" and isinstance(layer, SimpleRNN):
+            return keras.layers.SimpleRNN.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    new.set_weights(model.get_weights())
+    return new
 
 
 _INVALID = "invalid input"  # a sentinel: Keras's own call judges it, without a warning

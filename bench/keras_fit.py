@@ -1,0 +1,111 @@
+"""model.fit per-epoch time of the classic Keras model (SimpleRNN(64) + Dense(1, sigmoid), Adam,
+binary cross-entropy, T=100, 20 features, batch 32) with elman.keras.SimpleRNN against
+keras.layers.SimpleRNN on Keras's torch backend, in one process, from the same initial weights
+on the same batches. Checks that both give the same first-epoch loss before it times anything.
+
+    KERAS_BACKEND=torch python bench/keras_fit.py [--samples 2048] [--epochs 3] [--repeats 1]
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import numpy as np  # noqa: E402
+
+
+def data(n, T, I, seed):
+    """A learnable task: is the sum of the first feature over the sequence positive?"""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, T, I)).astype(np.float32)
+    y = (x[:, :, 0].sum(axis=1) > 0).astype(np.float32)[:, None]
+    return x, y
+
+
+def model(keras, layer_cls, T, I, H, weights=None):
+    m = keras.Sequential([keras.Input((T, I)), layer_cls(H),
+                          keras.layers.Dense(1, activation="sigmoid")])
+    if weights is not None:
+        m.set_weights(weights)
+    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+              metrics=["accuracy"])
+    return m
+
+
+def epoch_times(m, x, y, batch, epochs):
+    """Seconds of each of ``epochs`` epochs after one warm-up epoch (same batch order: no
+    shuffling), and the history of all of them."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t0)
+
+    times = []
+    h = m.fit(x, y, batch_size=batch, epochs=epochs + 1, shuffle=False, verbose=0,
+              callbacks=[EpochTimer()])
+    return times[1:], h.history
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=2048)
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs (after a warm-up one)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of (keras, elman) timings")
+    p.add_argument("--threads", type=int, default=None, help="torch and elman threads")
+    args = p.parse_args()
+    import keras
+    import torch
+
+    import elman
+    import elman.keras
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        elman.set_num_threads(args.threads)
+    T, I, H, batch = 100, 20, 64, 32
+    x, y = data(args.samples, T, I, seed=0)
+    keras.utils.set_random_seed(0)
+    init = model(keras, keras.layers.SimpleRNN, T, I, H).get_weights()
+    print(f"keras {keras.__version__} ({keras.config.backend()}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), elman {elman.__version__} "
+          f"({elman.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"T={T} I={I} H={H} batch={batch} samples={args.samples}: "
+          f"{args.samples // batch} steps per epoch")
+
+    # the check: one epoch of each from the same weights gives the same loss
+    losses = {}
+    for name, cls in (("keras", keras.layers.SimpleRNN), ("elman", elman.keras.SimpleRNN)):
+        m = model(keras, cls, T, I, H, init)
+        losses[name] = m.fit(x[:256], y[:256], batch_size=batch, epochs=1, shuffle=False,
+                             verbose=0).history["loss"][0]
+        if name == "elman":
+            assert m.layers[0].kernel_path, m.layers[0].fallback_reason
+    print(f"check: first-epoch loss keras {losses['keras']:.6f}, elman {losses['elman']:.6f}")
+    assert abs(losses["keras"] - losses["elman"]) <= 1e-4 * max(1.0, abs(losses["keras"]))
+
+    results = {"keras": [], "elman": []}
+    for r in range(args.repeats):
+        for name, cls in (("keras", keras.layers.SimpleRNN), ("elman", elman.keras.SimpleRNN)):
+            times, hist = epoch_times(model(keras, cls, T, I, H, init), x, y, batch,
+                                      args.epochs)
+            med = statistics.median(times)
+            results[name].append(med)
+            print(f"round {r + 1} {name:5s}: epochs {', '.join(f'{t:.3f}' for t in times)} s "
+                  f"(median {med:.3f} s), last loss {hist['loss'][-1]:.4f}, "
+                  f"accuracy {hist['accuracy'][-1]:.3f}")
+    k, e = results["keras"], results["elman"]
+    print(f"per-epoch median over rounds: keras.layers.SimpleRNN {statistics.median(k):.3f} s "
+          f"(range {min(k):.3f}-{max(k):.3f}), elman.keras.SimpleRNN {statistics.median(e):.3f} s "
+          f"(range {min(e):.3f}-{max(e):.3f}); ratio {statistics.median(k) / statistics.median(e):.1f}x "
+          f"(per-round ratios {', '.join(f'{a / b:.1f}' for a, b in zip(k, e))})")
+
+
+if __name__ == "__main__":
+    main()
