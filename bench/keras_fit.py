@@ -3,7 +3,7 @@ binary cross-entropy, T=100, 20 features, batch 32) with elman.keras.SimpleRNN a
 keras.layers.SimpleRNN on Keras's torch backend, in one process, from the same initial weights
 on the same batches. Checks that both give the same first-epoch loss before it times anything.
 
-    KERAS_BACKEND=torch python bench/keras_fit.py [--samples 2048] [--epochs 3] [--repeats 1]
+    python bench/keras_fit.py [--samples 2048] [--epochs 3] [--repeats 2] [--threads N]
 """
 
 import argparse
@@ -35,29 +35,27 @@ def model(keras, layer_cls, T, I, H, weights=None):
     return m
 
 
-def epoch_times(m, x, y, batch, epochs):
-    """Seconds of each of ``epochs`` epochs after one warm-up epoch (same batch order: no
-    shuffling), and the history of all of them."""
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.t0)
-
-    times = []
-    h = m.fit(x, y, batch_size=batch, epochs=epochs + 1, shuffle=False, verbose=0,
-              callbacks=[EpochTimer()])
-    return times[1:], h.history
+def timed_epochs(models, x, y, batch, epochs):
+    """One warm-up epoch of each model, then ``epochs`` epochs, each model in turn per epoch
+    (so both see the same machine load), in the same batch order (no shuffling). Returns
+    {name: (seconds of each timed epoch, loss of each, accuracy of each)}."""
+    out = {name: ([], [], []) for name in models}
+    for epoch in range(epochs + 1):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            h = m.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0).history
+            seconds = time.perf_counter() - t0
+            if epoch > 0:
+                for values, v in zip(out[name], (seconds, h["loss"][0], h["accuracy"][0])):
+                    values.append(v)
+    return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (after a warm-up one)")
-    p.add_argument("--repeats", type=int, default=1, help="rounds of (keras, elman) timings")
+    p.add_argument("--repeats", type=int, default=2, help="rounds, each from fresh models")
     p.add_argument("--threads", type=int, default=None, help="torch and elman threads")
     args = p.parse_args()
     import keras
@@ -75,7 +73,7 @@ def main():
     print(f"keras {keras.__version__} ({keras.config.backend()}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), elman {elman.__version__} "
           f"({elman.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"T={T} I={I} H={H} batch={batch} samples={args.samples}: "
           f"{args.samples // batch} steps per epoch")
 
@@ -90,22 +88,21 @@ def main():
     print(f"check: first-epoch loss keras {losses['keras']:.6f}, elman {losses['elman']:.6f}")
     assert abs(losses["keras"] - losses["elman"]) <= 1e-4 * max(1.0, abs(losses["keras"]))
 
-    results = {"keras": [], "elman": []}
+    classes = {"keras": keras.layers.SimpleRNN, "elman": elman.keras.SimpleRNN}
+    medians = {name: [] for name in classes}
     for r in range(args.repeats):
-        for name, cls in (("keras", keras.layers.SimpleRNN), ("elman", elman.keras.SimpleRNN)):
-            times, hist = epoch_times(model(keras, cls, T, I, H, init), x, y, batch,
-                                      args.epochs)
-            med = statistics.median(times)
-            results[name].append(med)
+        models = {name: model(keras, cls, T, I, H, init) for name, cls in classes.items()}
+        for name, (times, loss, acc) in timed_epochs(models, x, y, batch, args.epochs).items():
+            medians[name].append(statistics.median(times))
             print(f"round {r + 1} {name:5s}: epochs {', '.join(f'{t:.3f}' for t in times)} s "
-                  f"(median {med:.3f} s), last loss {hist['loss'][-1]:.4f}, "
-                  f"accuracy {hist['accuracy'][-1]:.3f}")
-    k, e = results["keras"], results["elman"]
+                  f"(median {medians[name][-1]:.3f} s); loss {loss[-1]:.4f}, "
+                  f"accuracy {acc[-1]:.3f} after {args.epochs + 1} epochs")
+    k, e = medians["keras"], medians["elman"]
     print(f"per-epoch median over rounds: keras.layers.SimpleRNN {statistics.median(k):.3f} s "
-          f"(range {min(k):.3f}-{max(k):.3f}), elman.keras.SimpleRNN {statistics.median(e):.3f} s "
-          f"(range {min(e):.3f}-{max(e):.3f}); ratio {statistics.median(k) / statistics.median(e):.1f}x "
-          f"(per-round ratios {', '.join(f'{a / b:.1f}' for a, b in zip(k, e))})")
-
+          f"(rounds {min(k):.3f}-{max(k):.3f}), elman.keras.SimpleRNN "
+          f"{statistics.median(e):.3f} s (rounds {min(e):.3f}-{max(e):.3f}); ratio "
+          f"{statistics.median(k) / statistics.median(e):.1f}x (per round "
+          f"{', '.join(f'{a / b:.1f}' for a, b in zip(k, e))})")
 
 if __name__ == "__main__":
     main()

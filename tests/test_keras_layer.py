@@ -357,3 +357,31 @@ def test_stateful_gradients_over_two_batches(keras, ek, torch):
     for i, (a, b) in enumerate(zip(*results)):
         assert_close(a, b, np.float32, "weight" if i < 3 else "output", what=f"gradient {i}",
                      scale=scale)
+
+
+def test_sentiment_example_keras_path_on_synthetic_data(keras, ek):
+    """examples/sentiment.py --keras without its data package: the two Keras models start from
+    the same weights, train on the same batches to the same losses, the elman one on the
+    kernels."""
+    examples = HERE.parent / "examples"
+    if not examples.is_dir():
+        pytest.skip("examples/ is not next to the tests (installed-package run)")
+    sys.path.insert(0, str(examples))
+    try:
+        import sentiment
+    finally:
+        sys.path.remove(str(examples))
+    rng = np.random.default_rng(28)
+    n, V = 96, 30
+    lengths = rng.integers(1, sentiment.MAX_WORDS + 1, n)
+    ids = rng.integers(2, V, (n, sentiment.MAX_WORDS))
+    ids[np.arange(sentiment.MAX_WORDS)[None] >= lengths[:, None]] = sentiment.PAD
+    y = (ids[:, 0] % 2).astype(np.float32)
+    models = sentiment.keras_models(V, 8, 6, seed=0)
+    histories = sentiment.fit_keras(models, (ids[:64], lengths[:64]), y[:64],
+                                    (ids[64:], lengths[64:]), y[64:], 2, 16, seed=0)
+    ours, theirs = (histories[k] for k in sentiment.KERAS_RUNS)
+    assert ours.steps == theirs.steps == 8
+    assert_close(ours.loss, theirs.loss, np.float32, what="per-step losses")
+    assert ours.last("test accuracy") == theirs.last("test accuracy")
+    assert models["elman.keras.SimpleRNN"].layers[1].kernel_path
