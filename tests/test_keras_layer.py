@@ -385,3 +385,17 @@ def test_sentiment_example_keras_path_on_synthetic_data(keras, ek):
     assert_close(ours.loss, theirs.loss, np.float32, what="per-step losses")
     assert ours.last("test accuracy") == theirs.last("test accuracy")
     assert models["elman.keras.SimpleRNN"].layers[1].kernel_path
+
+
+def test_jax_backend_cases_in_a_subprocess():
+    """tests/keras_jax_cases.py on Keras's JAX backend (Keras fixes its backend at import, so in
+    its own pytest process), where jax and keras are installed."""
+    import importlib.util
+    for name in ("jax", "keras"):
+        if importlib.util.find_spec(name) is None:
+            pytest.skip(f"{name} is not installed (the JAX backend cases need it)")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        str(HERE / "keras_jax_cases.py")], cwd=HERE, capture_output=True,
+                       text=True, timeout=1800, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-2000:]

@@ -9,11 +9,14 @@ through the autograd node of ``elman.torch`` (one fused kernel call forward, one
 everything else runs ``keras.layers.SimpleRNN.call`` with the same weights and says so once.
 """
 
+import functools
 import warnings
 
 import keras
 import numpy as np
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+from . import functional as F
 
 __all__ = ["SimpleRNN", "KernelFallbackWarning", "convert"]
 
@@ -82,7 +85,8 @@ class SimpleRNN(keras.layers.SimpleRNN):
         reason, lengths = self._kernel_check(sequences, initial_state, mask, training)
         if reason is None:
             self.kernel_path, self.fallback_reason = True, None
-            return self._kernel_call(sequences, initial_state, lengths, training)
+            run = self._torch_call if keras.config.backend() == "torch" else self._jax_call
+            return run(sequences, initial_state, lengths, training)
         if reason is not _INVALID:
             self.kernel_path, self.fallback_reason = False, reason
             if reason not in self._warned:
@@ -98,9 +102,8 @@ class SimpleRNN(keras.layers.SimpleRNN):
         None); otherwise (the reason, None), the reason ``_INVALID`` for input that Keras's
         own call must judge (it raises, or handles an empty batch)."""
         backend = keras.config.backend()
-        if backend != "torch":
-            return f"the {backend} backend has no kernel path (torch has)", None
-        torch, elman_torch = _torch()
+        if backend not in ("torch", "jax"):
+            return f"the {backend} backend has no kernel path (torch and jax have)", None
         activation = _ACTIVATIONS.get(self.cell.activation)
         if activation is None:
             name = getattr(self.cell.activation, "__name__", repr(self.cell.activation))
@@ -108,29 +111,18 @@ class SimpleRNN(keras.layers.SimpleRNN):
         if training and self.cell.recurrent_dropout > 0:
             return "recurrent_dropout > 0 in training", None
         state = self._state_tensor(initial_state)
-        if not (isinstance(sequences, torch.Tensor) and sequences.dim() == 3
+        if not (keras.ops.is_tensor(sequences) and len(sequences.shape) == 3
                 and sequences.shape[0] > 0 and sequences.shape[1] > 0 and state is not False
-                and (mask is None or isinstance(mask, torch.Tensor))
+                and (mask is None or keras.ops.is_tensor(mask))
                 and (state is None or tuple(state.shape) == (sequences.shape[0], self.units))
                 and (self._expected_batch_size is None
                      or sequences.shape[0] == self._expected_batch_size)):
             return _INVALID, None
-        tensors = [sequences, state, *self._weights(torch)[:3]]
-        for t in tensors:
-            if t is not None and t.device.type != "cpu":
-                return f"tensors on {t.device.type} (the kernel path runs on the CPU)", None
-        dtypes = {t.dtype for t in tensors if t is not None}
-        if len(dtypes) != 1 or not dtypes <= set(elman_torch._KERNEL_DTYPES):
-            names = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
-            return f"dtype {names} (the kernels take one of float32, float64)", None
-        if not elman_torch._kernels_take(tensors):
-            return ("a context that needs torch's own operations (torch.compile, tracing, "
-                    "functorch transforms, forward-mode AD, autocast)"), None
-        if mask is None:
-            return None, None
-        if mask.device.type != "cpu" or tuple(mask.shape) != tuple(sequences.shape[:2]):
+        if mask is not None and tuple(mask.shape) != tuple(sequences.shape[:2]):
             return _INVALID, None
-        return _lengths_of(torch, mask)
+        tensors = [sequences, state, *self._weights()[:3]]
+        check = _torch_check if backend == "torch" else _jax_check
+        return check(tensors, mask)
 
     def _state_tensor(self, initial_state):
         """The one (B, H) initial state tensor: given, the stateful layer's own, or None (zeros);
@@ -143,22 +135,19 @@ class SimpleRNN(keras.layers.SimpleRNN):
             initial_state = initial_state[0]
         if isinstance(initial_state, keras.Variable):
             initial_state = initial_state.value
-        torch, _ = _torch()
-        return initial_state if isinstance(initial_state, torch.Tensor) else False
+        return initial_state if keras.ops.is_tensor(initial_state) else False
 
-    def _weights(self, torch):
-        """The weights in torch's flat order, as differentiable torch ops on the Keras
-        variables' tensors: weight_ih = kernel.T, weight_hh = recurrent_kernel.T, bias_ih = bias,
-        bias_hh = 0 (Keras has one bias), or the two matrices without bias."""
+    def _weights(self):
+        """kernel, recurrent_kernel and bias (None without bias) as the backend's tensors (the
+        values a stateless call traces, under the JAX backend)."""
         cell = self.cell
-        weights = [cell.kernel.value.T, cell.recurrent_kernel.value.T]
-        if cell.use_bias:
-            bias = cell.bias.value
-            weights += [bias, torch.zeros_like(bias, requires_grad=False)]
-        return weights
+        return [cell.kernel.value, cell.recurrent_kernel.value,
+                cell.bias.value if cell.use_bias else None]
 
     # -- the kernel path
-    def _kernel_call(self, sequences, initial_state, lengths, training):
+    def _torch_call(self, sequences, initial_state, lengths, training):
+        """The kernel path on the torch backend: ``elman.torch``'s autograd node for one layer;
+        masks through ``lengths`` and differentiable gathers in time."""
         torch, elman_torch = _torch()
         x = self._dropped_input(sequences, training)                       # (B, T, I)
         B, T, _ = x.shape
@@ -175,7 +164,7 @@ class SimpleRNN(keras.layers.SimpleRNN):
             # Keras reads x_{L-1} .. x_0 (masked steps come first in that order, leaving the
             # state as it is and giving zero outputs): reverse each sequence's valid part
             x = x.flip(1) if lengths is None else _take_steps(x, (L - 1 - steps) % T)
-        weights = self._weights(torch)
+        weights = _torch_flat_weights(torch, *self._weights())
         cfg = (_ACTIVATIONS[self.cell.activation], 1, len(weights), lengths, False)
         out, h_n = elman_torch._run_layer(cfg, x.transpose(0, 1).contiguous(), h0, weights)
         h_n = h_n[0]                                                       # (B, H)
@@ -209,8 +198,27 @@ class SimpleRNN(keras.layers.SimpleRNN):
         mask = cell.get_dropout_mask(sequences[:, 0, :])
         self._maybe_reset_dropout_masks(cell)
         if training and mask is not None:
-            return sequences * mask.unsqueeze(1)
+            return sequences * keras.ops.expand_dims(mask, 1)
         return sequences
+
+    def _jax_call(self, sequences, initial_state, lengths, training):
+        """The kernel path on the JAX backend (no mask): a ``jax.custom_vjp`` whose forward and
+        backward are host callbacks into the fused kernels, so it runs under ``jax.jit``."""
+        import jax.numpy as jnp
+        x = self._dropped_input(sequences, training)                       # (B, T, I)
+        if self.go_backwards:  # Keras reads x_{T-1} .. x_0 and returns outputs in that order
+            x = jnp.flip(x, 1)
+        h0 = self._state_tensor(initial_state)
+        h0 = jnp.zeros((x.shape[0], self.units), x.dtype) if h0 is None else h0.astype(x.dtype)
+        kernel, recurrent, bias = self._weights()
+        if bias is None:
+            bias = jnp.zeros((self.units,), x.dtype)
+        run = _jax_layer(_ACTIVATIONS[self.cell.activation], self.cell.use_bias)
+        out, h_n = run(jnp.swapaxes(x, 0, 1), h0, kernel, recurrent, bias)
+        if self.stateful:
+            self.states[0].assign(h_n)
+        output = jnp.swapaxes(out, 0, 1) if self.return_sequences else h_n
+        return (output, h_n) if self.return_state else output
 
 
 def convert(model, to="elman"):
@@ -242,6 +250,47 @@ def convert(model, to="elman"):
 _INVALID = "invalid input"  # a sentinel: Keras's own call judges it, without a warning
 
 
+# ----------------------------------------------------------------------------- torch backend
+def _torch_check(tensors, mask):
+    """The kernel check of the torch backend: ``tensors`` (input, state, kernel,
+    recurrent_kernel, bias; None entries allowed), ``mask`` (B, T) or None. Returns (None,
+    lengths) or (the reason, None), as ``SimpleRNN._kernel_check``."""
+    torch, elman_torch = _torch()
+    tensors = [t for t in tensors if t is not None]
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return _INVALID, None
+    for t in tensors:
+        if t.device.type != "cpu":
+            return f"tensors on {t.device.type} (the kernel path runs on the CPU)", None
+    reason = _dtype_reason({str(t.dtype).replace("torch.", "") for t in tensors})
+    if reason is not None:
+        return reason, None
+    if not elman_torch._kernels_take(tensors):
+        return ("a context that needs torch's own operations (torch.compile, tracing, "
+                "functorch transforms, forward-mode AD, autocast)"), None
+    if mask is None:
+        return None, None
+    if not isinstance(mask, torch.Tensor) or mask.device.type != "cpu":
+        return _INVALID, None
+    return _lengths_of(torch, mask)
+
+
+def _dtype_reason(names):
+    """None when the dtype names are one of float32 / float64, else the fallback reason."""
+    if len(names) == 1 and names <= {"float32", "float64"}:
+        return None
+    return f"dtype {', '.join(sorted(names))} (the kernels take one of float32, float64)"
+
+
+def _torch_flat_weights(torch, kernel, recurrent, bias):
+    """The weights in torch's flat order, as differentiable torch ops on the Keras variables'
+    tensors: weight_ih = kernel.T, weight_hh = recurrent_kernel.T, bias_ih = bias, bias_hh = 0
+    (Keras has one bias), or the two matrices without bias."""
+    if bias is None:
+        return [kernel.T, recurrent.T]
+    return [kernel.T, recurrent.T, bias, torch.zeros_like(bias, requires_grad=False)]
+
+
 def _lengths_of(torch, mask):
     """(None, lengths) for a prefix mask (B, T): (B,) int64 ndarray, or None when no step is
     masked; (the reason, None) for any other mask."""
@@ -260,3 +309,62 @@ def _lengths_of(torch, mask):
 def _take_steps(x, index):
     """x[b, index[b, t]] for x (B, T, F) and index (B, T): a differentiable gather in time."""
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+
+
+# ----------------------------------------------------------------------------- JAX backend
+def _jax_check(tensors, mask):
+    """The kernel check of the JAX backend (see ``_torch_check``): CPU computations without a
+    mask (under ``jax.jit`` a mask's values are known only inside the compiled function)."""
+    import jax
+    if jax.default_backend() != "cpu":
+        return f"JAX computes on {jax.default_backend()} (the kernel path runs on the CPU)", None
+    reason = _dtype_reason({str(t.dtype) for t in tensors if t is not None})
+    if reason is not None:
+        return reason, None
+    if mask is not None:
+        return "a mask under the jax backend (its values are known only inside jit)", None
+    return None, None
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_layer(activation, use_bias):
+    """``f(x (T, B, I), h0 (B, H), kernel (I, H), recurrent_kernel (H, H), bias (H,)) -> (out
+    (T, B, H), h_n (B, H))`` with a custom VJP: forward and backward are ``jax.pure_callback``
+    calls of the functional floor's fused kernels (bias ignored, and its gradient zero, without
+    ``use_bias``)."""
+    import jax
+
+    def forward_np(x, h0, kernel, recurrent, bias):
+        return F.rnn_forward(np.asarray(x), np.asarray(kernel).T, np.asarray(recurrent).T,
+                             np.asarray(bias) if use_bias else None, None, np.asarray(h0),
+                             None, activation)
+
+    def backward_np(x, h0, kernel, recurrent, out, g_out, g_hn):
+        g = F.rnn_backward(np.asarray(x), np.asarray(kernel).T, np.asarray(recurrent).T,
+                           np.asarray(out), np.asarray(h0), np.asarray(g_out), np.asarray(g_hn),
+                           None, activation, bias=use_bias)
+        db = g.grad_bias_ih if use_bias else np.zeros(kernel.shape[1], g.grad_x.dtype)
+        return (g.grad_x, g.grad_h0, np.ascontiguousarray(g.grad_weight_ih.T),
+                np.ascontiguousarray(g.grad_weight_hh.T), db)
+
+    def shapes(*arrays):
+        return tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
+
+    @jax.custom_vjp
+    def layer(x, h0, kernel, recurrent, bias):
+        return layer_fwd(x, h0, kernel, recurrent, bias)[0]
+
+    def layer_fwd(x, h0, kernel, recurrent, bias):
+        out_shape = jax.ShapeDtypeStruct(x.shape[:2] + (kernel.shape[1],), x.dtype)
+        out, h_n = jax.pure_callback(forward_np, (out_shape, shapes(h0)[0]), x, h0, kernel,
+                                     recurrent, bias, vmap_method="sequential")
+        return (out, h_n), (x, h0, kernel, recurrent, bias, out)
+
+    def layer_bwd(saved, grads):
+        x, h0, kernel, recurrent, bias, out = saved
+        g_out, g_hn = grads
+        return jax.pure_callback(backward_np, shapes(x, h0, kernel, recurrent, bias), x, h0,
+                                 kernel, recurrent, out, g_out, g_hn, vmap_method="sequential")
+
+    layer.defvjp(layer_fwd, layer_bwd)
+    return layer
