@@ -1,7 +1,8 @@
 """model.fit per-epoch time of the classic Keras model (SimpleRNN(64) + Dense(1, sigmoid), Adam,
 binary cross-entropy, T=100, 20 features, batch 32) with elman.keras.SimpleRNN against
-keras.layers.SimpleRNN on Keras's torch backend, in one process, from the same initial weights
-on the same batches. Checks that both give the same first-epoch loss before it times anything.
+keras.layers.SimpleRNN on Keras's torch backend (or the one KERAS_BACKEND names, e.g. jax), in
+one process, from the same initial weights on the same batches. Checks that both give the same
+first-epoch loss, with elman's kernels running, before it times anything.
 
     python bench/keras_fit.py [--samples 2048] [--epochs 3] [--repeats 2] [--threads N]
 """
@@ -56,22 +57,28 @@ def main():
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (after a warm-up one)")
     p.add_argument("--repeats", type=int, default=2, help="rounds, each from fresh models")
-    p.add_argument("--threads", type=int, default=None, help="torch and elman threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="elman's threads and, on the torch backend, torch's")
     args = p.parse_args()
     import keras
-    import torch
 
     import elman
     import elman.keras
+    if keras.config.backend() == "torch":
+        import torch
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        library = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    else:
+        library = keras.config.backend()
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
         elman.set_num_threads(args.threads)
     T, I, H, batch = 100, 20, 64, 32
     x, y = data(args.samples, T, I, seed=0)
     keras.utils.set_random_seed(0)
     init = model(keras, keras.layers.SimpleRNN, T, I, H).get_weights()
-    print(f"keras {keras.__version__} ({keras.config.backend()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), elman {elman.__version__} "
+    print(f"keras {keras.__version__} ({keras.config.backend()} backend), {library}, "
+          f"elman {elman.__version__} "
           f"({elman.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"T={T} I={I} H={H} batch={batch} samples={args.samples}: "

@@ -1,12 +1,14 @@
 """elman.keras: a drop-in ``keras.layers.SimpleRNN`` whose forward and backward run elman's fused
-kernels on Keras's torch backend. Imported only on request (``import elman.keras``), which imports
-keras (set ``KERAS_BACKEND=torch`` before it); ``import elman`` never does.
+kernels on Keras's torch and JAX backends. Imported only on request (``import elman.keras``),
+which imports keras (choose the backend, e.g. ``KERAS_BACKEND=torch``, before it); ``import
+elman`` never does.
 
 The class subclasses Keras's own, so constructor, config, weights (``kernel``,
 ``recurrent_kernel``, ``bias``), weight files, ``model.save`` / ``load_model`` and masks behave as
-Keras's. Only ``call`` differs: CPU float32 / float64 tensors with a tanh or relu activation go
-through the autograd node of ``elman.torch`` (one fused kernel call forward, one backward);
-everything else runs ``keras.layers.SimpleRNN.call`` with the same weights and says so once.
+Keras's. Only ``call`` differs: on the CPU, float32 / float64 with a tanh or relu activation run
+one fused kernel call forward and one backward (torch: through the autograd node of
+``elman.torch``; JAX: a custom VJP over host callbacks); everything else runs
+``keras.layers.SimpleRNN.call`` with the same weights and says so once.
 """
 
 import functools
@@ -46,30 +48,34 @@ class SimpleRNN(keras.layers.SimpleRNN):
     Same constructor (``units, activation='tanh', use_bias=True``, initializers, regularizers,
     constraints, ``dropout, recurrent_dropout, return_sequences, return_state, go_backwards,
     stateful, unroll, seed``), same weights and config, ``isinstance(layer,
-    keras.layers.SimpleRNN)``; registered for serialization as ``"elman>SimpleRNN"``.
-    A model saved with this layer loads back with it once ``elman.keras`` is imported; to load it
-    with Keras's own layer map the name: ``keras.saving.custom_object_scope({"elman>SimpleRNN":
-    keras.layers.SimpleRNN})``. Weight files (``save_weights`` / ``load_weights``) are the same
-    for both classes.
+    keras.layers.SimpleRNN)``; registered for serialization as ``"elman>SimpleRNN"``. Weight
+    files (``save_weights`` / ``load_weights``) are the same for both classes. A model saved
+    with this layer loads back with it wherever ``elman.keras`` is imported (Keras's registry
+    then wins over ``custom_objects``); elsewhere ``keras.models.load_model(path,
+    custom_objects={"elman>SimpleRNN": keras.layers.SimpleRNN})`` loads it with Keras's layer.
+    A model saved with Keras's layer loads with Keras's layer: :func:`convert` swaps the layers
+    either way.
 
-    The kernel path: the torch backend, CPU float32 / float64 tensors, activation tanh or relu,
-    no ``recurrent_dropout`` while training (input ``dropout`` is fine: Keras's own mask, drawn
-    as Keras draws it, is applied to the input first), and no mask or a prefix mask (each
+    The kernel path, on the torch backend: CPU float32 / float64 tensors, activation tanh or
+    relu, no ``recurrent_dropout`` while training (input ``dropout`` is fine: Keras's own mask,
+    drawn as Keras draws it, is applied to the input first), and no mask or a prefix mask (each
     sequence's valid steps first, at least one, e.g. from ``Masking`` or
     ``Embedding(mask_zero=True)`` on right-padded data), which becomes elman's ``lengths``.
     ``return_sequences``, ``return_state``, ``go_backwards``, ``stateful``, ``initial_state`` and
     ``zero_output_for_mask`` give Keras's values there; ``unroll`` changes nothing (same math).
     Gradients reach ``kernel``, ``recurrent_kernel``, ``bias``, the input and ``initial_state``
-    through torch's autograd.
+    through torch's autograd. On the JAX backend the same, on the CPU, except masks (their
+    values exist only inside ``jax.jit``, where Keras's training step runs): calls with a mask
+    fall back there.
 
-    Anything else (other backends, GPU tensors, other dtypes or activations, recurrent dropout
-    in training, a mask that is not a prefix, a fully masked sequence, ``torch.compile``,
-    tracing, autocast) runs ``keras.layers.SimpleRNN.call`` with the same weights, and the
-    first time for each reason a :class:`KernelFallbackWarning` names it. After each call
-    ``layer.kernel_path`` is True (elman's kernels ran) or False (Keras's computation ran), and
-    ``layer.fallback_reason`` is None or the reason. Keras's shape inference (symbolic calls
-    while a model is built) runs Keras's computation silently and changes neither attribute;
-    so does invalid input, for which Keras raises its own errors.
+    Anything else (the TensorFlow backend, GPU tensors, other dtypes or activations, recurrent
+    dropout in training, a mask that is not a prefix, a fully masked sequence,
+    ``torch.compile``, torch tracing, autocast) runs ``keras.layers.SimpleRNN.call`` with the
+    same weights, and the first time for each reason a :class:`KernelFallbackWarning` names
+    it. After each call ``layer.kernel_path`` is True (elman's kernels ran) or False (Keras's
+    computation ran), and ``layer.fallback_reason`` is None or the reason. Keras's shape
+    inference (symbolic calls while a model is built) runs Keras's computation silently and
+    changes neither attribute; so does invalid input, for which Keras raises its own errors.
     """
 
     def __init__(self, units, **kwargs):
