@@ -16,7 +16,7 @@ import elman
 from conftest import assert_close, max_abs
 
 HERE = pathlib.Path(__file__).resolve().parent
-NP_DTYPE = {"float32": np.float32, "float64": np.float64}
+NP_DTYPE = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
 B, T, I, H = 3, 6, 4, 5
 
 # Keras's own NumPy 2 deprecation notices are not about elman.
@@ -261,6 +261,22 @@ def test_other_activation_falls_back(keras, ek):
         got = outputs(ours(x))
     assert ours.kernel_path is False
     assert_same(got, outputs(theirs(x)))
+
+
+def test_other_dtypes_and_torch_contexts_fall_back(keras, ek, torch):
+    theirs, ours = pair(keras, ek, dtype="float16", return_sequences=True,
+                        recurrent_initializer="glorot_uniform")  # torch has no float16 QR
+    x = np.random.default_rng(29).standard_normal((B, T, I)).astype(np.float16)
+    with pytest.warns(ek.KernelFallbackWarning, match="dtype float16"):
+        got = outputs(ours(x))
+    np.testing.assert_array_equal(got[0], outputs(theirs(x))[0])  # the same computation
+    theirs, ours = pair(keras, ek, return_sequences=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.warns(ek.KernelFallbackWarning, match="torch's own operations"):
+            got = outputs(ours(x.astype(np.float32)))
+        expected = outputs(theirs(x.astype(np.float32)))
+    assert ours.kernel_path is False
+    np.testing.assert_array_equal(got[0], expected[0])
 
 
 def test_building_a_model_does_not_warn(keras, ek):
