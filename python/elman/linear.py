@@ -6,7 +6,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _checks, functional as F
+from . import _checks, _keras, functional as F
 from ._module import (Module, _backward_context, _check_bool, _check_dtype, _check_size,
                       _make_rng, is_grad_enabled)
 
@@ -96,10 +96,29 @@ class Linear(Module):
             self.bias.grad += g2.sum(axis=0)
         return grad_x
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Zeros the parameters' gradients and drops the tape of recorded calls."""
         self._tape.clear()
         super().zero_grad()
+
+    # -- Keras weight interchange (elman._keras)
+    @classmethod
+    def from_keras(cls, layer_or_weights, dtype=None):
+        """A Linear with the weights of a Keras ``Dense`` layer.
+
+        ``layer_or_weights``: a built ``keras.layers.Dense`` or its weight list ``[kernel (I, O),
+        bias (O,)]`` (bias left out for ``use_bias=False``). Keras computes y = x @ kernel +
+        bias, so weight = kernel.T. The Dense layer's activation is not part of a Linear: apply
+        it to the output (e.g. ``elman.sigmoid``), or train on the logits (e.g. with
+        ``BCEWithLogitsLoss``). ``dtype`` defaults to the kernel's float type.
+        """
+        return _keras.linear_from_keras(cls, layer_or_weights, dtype)
+
+    def to_keras_weights(self):
+        """``[kernel (I, O), bias (O,)]`` for a Keras ``Dense(O, use_bias=self.bias is not
+        None)`` (``layer.set_weights(...)``): kernel = weight.T; copies, in the module's dtype.
+        """
+        return _keras.linear_to_keras_weights(self)
 
 
 # ----------------------------------------------------------------------------- Embedding

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _keras, functional as F
+from .linear import Linear
 from ._module import (Module, _backward_context, _check_bool, _check_dtype, _check_size,
                       _make_rng, is_grad_enabled)
 
@@ -327,8 +328,16 @@ class RNN(Module):
         A layer with ``go_backwards=True`` is refused, because this module would not reverse
         time: pass its ``get_weights()`` and feed the input reversed in time (``x[:, ::-1]``),
         which gives Keras's outputs in Keras's (reversed) order and its final state.
+
+        A Keras model (``Sequential`` or functional) whose layers are ``[SimpleRNN, Dense]``
+        (input layers aside) gives the pair ``(rnn, linear)``: the RNN as above and
+        ``Linear.from_keras(dense)`` in the RNN's dtype. Apply ``linear`` to ``h_n[-1]`` when
+        the SimpleRNN returns its last output (the default), to ``out`` with
+        ``return_sequences=True``; the Dense activation is not applied (see
+        ``Linear.from_keras``).
         """
-        return _keras.rnn_from_keras(cls, layer_or_weights, nonlinearity, batch_first, **kwargs)
+        return _keras.rnn_from_keras(cls, layer_or_weights, nonlinearity, batch_first,
+                                     linear_cls=Linear, **kwargs)
 
     def to_keras_weights(self):
         """``[kernel (I, H), recurrent_kernel (H, H), bias (H,)]`` for a Keras ``SimpleRNN(H,
