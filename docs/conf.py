@@ -2,6 +2,10 @@
 ``python -m sphinx -W --keep-going -b html docs docs/_build/html``)."""
 
 import importlib.metadata
+import os
+
+# elman.keras's reference imports keras, which needs a backend chosen first (CI installs torch)
+os.environ.setdefault("KERAS_BACKEND", "torch")
 
 project = "elman"
 author = "The elman developers"
