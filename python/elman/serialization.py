@@ -373,4 +373,5 @@ def load(path: Union[str, os.PathLike], into: Optional[Module] = None,
             raise ValueError(f"{path}: cannot load into {name!r}: the parameter is read-only")
     for name, p in params.items():  # the commit: copies that cannot fail
         np.copyto(p.data, arrays[name])
+        p.bump_version()  # a backward through a forward made before the load would be wrong
     return module
