@@ -233,6 +233,7 @@ struct Backward {
 
   void weight_chunk(int64_t c, int q) const;
   void x_chunk(int64_t c, int q) const;
+  void plan_parts(int threads);
   void gather_first(int q) const;
   void weight_part(int q) const;
   void x_part(int q) const;
@@ -267,12 +268,28 @@ Backward<T>::Backward(const RnnBackwardArgs<T>& args, int threads)
   gx = Gemm<T>{false, false, nT * B, I, H, dz, H, a.w.W_ih, I, beta_x, a.grad_x, I};
   const T* dz_first = sc.uniform ? dz + k_first * H : first.p;
   gh0 = Gemm<T>{false, false, B, H, H, dz_first, H, a.w.W_hh, H, T(0), a.grad_h0, H};
+  plan_parts(threads);
+  base.H = H;
+  base.act = sh.act;
+  base.panels = Whh.panels.data();
+  base.npanels = Whh.count();
+  base.Wp = Whh.data.p;
+  base.zeros = zeros.p;
+  base.ld_dzn = H;
+  base.ld_carry = H;
+  base.ld_grad_out = a.ld_grad_out;
+  base.ld_h = ld;
+  base.ld_dz = H;
+}
 
-  // Weight gradients chunk by chunk while the chunk's dz, states and inputs are still in cache.
-  // Measured on one core: the product over all T*B = 16000 rows at H = 128 streams its operands
-  // from memory at ~200 GFLOP/s, from cache (K = 256) at ~250. The whole backward gains ~3% at
-  // (1000, 16, 64, 128) and (200, 64, 128, 256) with 2 threads (interleaved runs), at the price
-  // of one barrier per chunk. dX = dZ W_ih chunk by chunk too, with W_ih packed like W_hh.
+// How many parts each product is split into, and so the items of each phase of the schedule.
+// Weight gradients chunk by chunk while the chunk's dz, states and inputs are still in cache.
+// Measured on one core: the product over all T*B = 16000 rows at H = 128 streams its operands
+// from memory at ~200 GFLOP/s, from cache (K = 256) at ~250. The whole backward gains ~3% at
+// (1000, 16, 64, 128) and (200, 64, 128, 256) with 2 threads (interleaved runs), at the price
+// of one barrier per chunk. dX = dZ W_ih chunk by chunk too, with W_ih packed like W_hh.
+template <typename T>
+void Backward<T>::plan_parts(int threads) {
   const bool fused = sc.chunks.on, fused_x = Wih.count() > 0;
   const int wp = gemm_parts(H, I + H, nT * B, threads);
   const int xp = a.grad_x ? gemm_parts(nT * B, I, H, threads) : 0;
@@ -288,18 +305,6 @@ Backward<T>::Backward(const RnnBackwardArgs<T>& args, int threads)
   sc.side = wpc + xpc;
   sc.after[0] = sc.uniform ? 0 : sc.threads;
   sc.after[1] = wpa + xpa + hp;
-
-  base.H = H;
-  base.act = sh.act;
-  base.panels = Whh.panels.data();
-  base.npanels = Whh.count();
-  base.Wp = Whh.data.p;
-  base.zeros = zeros.p;
-  base.ld_dzn = H;
-  base.ld_carry = H;
-  base.ld_grad_out = a.ld_grad_out;
-  base.ld_h = ld;
-  base.ld_dz = H;
 }
 
 // Rows [lo, hi) of dW_ih and dW_hh (part q of wpc) over the dz rows of chunk c.
