@@ -5,7 +5,7 @@
 #   bash tools/build_wheels.sh [OUTDIR]
 # ELMAN_WHEEL_PYTHONS="3.11 3.12" builds for those versions only (default: 3.9 ... 3.13); each
 # interpreter is pythonX.Y on PATH or pyenv's newest X.Y.
-# ELMAN_CUDA=OFF|AUTO|ON chooses whether the CUDA module is built (default OFF: a CPU wheel).
+# The wheels are CPU-only (ELMAN_CUDA=OFF): elman._cuda is built from source (README).
 #
 # manylinux2014 (glibc 2.17) without a manylinux image: the C++ compiler is zig's clang
 # (PyPI's ziglang) targeting glibc 2.17, which links its own C++ runtime (libc++, libunwind)
@@ -35,7 +35,10 @@ find_python() {
   echo "$py"
 }
 interpreters=()
-for v in $pythons; do interpreters+=("$(find_python "$v")"); done
+for v in $pythons; do
+  py=$(find_python "$v")
+  interpreters+=("$py")
+done
 
 python3 -m venv "$work/venv"
 # shellcheck disable=SC1091
@@ -75,7 +78,7 @@ for py in "${interpreters[@]}"; do
   "$work/venv-$tag/bin/python" -m pip install --quiet --upgrade pip build
   # The build's isolated environment takes the OpenBLAS pin from PIP_CONSTRAINT. No LTO
   # (pybind11 adds it to the binding only, and zig would build its C++ runtime again for it).
-  CC="$work/zig-cc" CXX="$work/zig-c++" PIP_CONSTRAINT="$work/constraints.txt" \
+  ELMAN_CUDA=OFF CC="$work/zig-cc" CXX="$work/zig-c++" PIP_CONSTRAINT="$work/constraints.txt" \
     SKBUILD_CMAKE_DEFINE="CMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF" \
     "$work/venv-$tag/bin/python" -m build --wheel --outdir "$work/dist-$tag" "$sdist" \
     > "$work/build-$tag.log" 2>&1 || { tail -n 60 "$work/build-$tag.log"; exit 1; }
