@@ -70,6 +70,9 @@ python -m build --sdist --outdir "$work/dist" . > "$work/sdist.log"
 sdist=$(ls "$work"/dist/elman-*.tar.gz)
 mkdir -p "$out"
 cp "$sdist" "$out"/
+mkdir "$work/src"
+tar -xzf "$sdist" -C "$work/src"   # the wheels are built from the sdist's files
+src=$(ls -d "$work"/src/elman-*)
 step "sdist $(basename "$sdist")"
 
 for py in "${interpreters[@]}"; do
@@ -80,7 +83,7 @@ for py in "${interpreters[@]}"; do
   # (pybind11 adds it to the binding only, and zig would build its C++ runtime again for it).
   ELMAN_CUDA=OFF CC="$work/zig-cc" CXX="$work/zig-c++" PIP_CONSTRAINT="$work/constraints.txt" \
     SKBUILD_CMAKE_DEFINE="CMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF" \
-    "$work/venv-$tag/bin/python" -m build --wheel --outdir "$work/dist-$tag" "$sdist" \
+    "$work/venv-$tag/bin/python" -m build --wheel --outdir "$work/dist-$tag" "$src" \
     > "$work/build-$tag.log" 2>&1 || { tail -n 60 "$work/build-$tag.log"; exit 1; }
   auditwheel repair --plat "$plat" --wheel-dir "$out" "$work/dist-$tag"/*.whl \
     > "$work/repair-$tag.log" 2>&1 || { cat "$work/repair-$tag.log"; exit 1; }
