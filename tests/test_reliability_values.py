@@ -179,7 +179,7 @@ def test_tanh_saturates_to_exactly_one(isa, dtype):
     x = np.concatenate([np.linspace(start, start + 2, 20001), np.geomspace(start + 2, 1e300 if dtype == np.float64
                                                                                else 3e38, 2000),
                         [np.finfo(dtype).max, np.inf]]).astype(dtype)
-    y = core.tanh(np.concatenate([x, -x]))
+    y = core._testing.tanh(np.concatenate([x, -x]))
     np.testing.assert_array_equal(y, np.concatenate([np.ones_like(x), -np.ones_like(x)]))
     assert (1 - y * y == 0).all()  # so the derivative the kernels compute is exactly 0
 
@@ -223,8 +223,8 @@ def test_subnormals_pass_through_unflushed(isa, dtype, act):
             out, h_n = F.rnn_forward(x, W_ih, W_hh, nonlinearity=act, backend="cpu")
             np.testing.assert_array_equal(out, x)
             np.testing.assert_array_equal(h_n, x[-1])
-            np.testing.assert_array_equal(core.tanh(x), x)
-            np.testing.assert_array_equal(core.tanh(-x), -x)
+            np.testing.assert_array_equal(core._testing.tanh(x), x)
+            np.testing.assert_array_equal(core._testing.tanh(-x), -x)
     finally:
         elman.set_num_threads(previous)
 
@@ -234,7 +234,7 @@ def test_signed_zeros(isa, dtype):
     """tanh(+-0) = +-0; all-zero inputs of either sign give the reference's zeros (same sign
     bits) and the gradients of tanh'(0) = 1."""
     z = np.array([0.0, -0.0] * 20, dtype)
-    np.testing.assert_array_equal(np.signbit(core.tanh(z)), np.signbit(z))
+    np.testing.assert_array_equal(np.signbit(core._testing.tanh(z)), np.signbit(z))
     T, B, I, H = 3, 7, 5, 17
     for sign in (1.0, -1.0):
         zero = dtype(sign * 0.0)
