@@ -390,6 +390,66 @@ RnnBackwardArgs<T> backward_args(BackwardArrays& a, const std::string& nonlinear
   return r;
 }
 
+namespace {
+
+bool aligned_c_contiguous(const py::array& a) {
+  return (a.flags() & py::array::c_style) &&
+         reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(a.itemsize()) == 0;
+}
+
+// The data of a C-contiguous, aligned ndarray of `dtype` with `ndim` dimensions, the last of
+// size `last` and the first of size `first` (when first >= 0); nullptr for anything else.
+const void* fitting(py::handle obj, const py::dtype& dtype, int ndim, int64_t last, int64_t first) {
+  if (!py::isinstance<py::array>(obj)) return nullptr;
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (a.ndim() != ndim || a.shape(ndim - 1) != last || (first >= 0 && a.shape(0) != first) ||
+      !aligned_c_contiguous(a) || !a.dtype().equal(dtype))
+    return nullptr;
+  return a.data();
+}
+
+}  // namespace
+
+DType cell_dtype(py::handle W_ih, py::handle W_hh) {
+  if (!py::isinstance<py::array>(W_ih) || !py::isinstance<py::array>(W_hh)) return DType::other;
+  py::array wi = py::reinterpret_borrow<py::array>(W_ih);
+  py::array wh = py::reinterpret_borrow<py::array>(W_hh);
+  if (wi.ndim() != 2 || wh.ndim() != 2 || wi.shape(0) != wh.shape(0) ||
+      wh.shape(1) != wh.shape(0) || wh.shape(0) < 1 || !aligned_c_contiguous(wi) ||
+      !aligned_c_contiguous(wh) || !wi.dtype().equal(wh.dtype()))
+    return DType::other;
+  const DType d = dtype_kind(wh.dtype());
+  return d == DType::float32 || d == DType::float64 ? d : DType::other;
+}
+
+template <typename T>
+bool cell_args(py::handle x, py::handle h, py::handle W_ih, py::handle W_hh, py::handle b_ih,
+               py::handle b_hh, bool relu, RnnCellArgs<T>* a, bool* batched) {
+  if (!py::isinstance<py::array>(x)) return false;
+  const py::dtype dt = py::dtype::of<T>();
+  py::array wi = py::reinterpret_borrow<py::array>(W_ih);  // cell_dtype has checked the weights
+  const int64_t H = wi.shape(0), I = wi.shape(1);
+  py::array xa = py::reinterpret_borrow<py::array>(x);
+  *batched = xa.ndim() == 2;
+  const int ndim = *batched ? 2 : 1;
+  const int64_t B = *batched ? xa.shape(0) : 1;
+  const void* px = fitting(xa, dt, ndim, I, -1);
+  const void* ph = h.is_none() ? nullptr : fitting(h, dt, ndim, H, *batched ? B : -1);
+  const void* pbi = b_ih.is_none() ? nullptr : fitting(b_ih, dt, 1, H, -1);
+  const void* pbh = b_hh.is_none() ? nullptr : fitting(b_hh, dt, 1, H, -1);
+  if (!px || (!ph && !h.is_none()) || (!pbi && !b_ih.is_none()) || (!pbh && !b_hh.is_none()))
+    return false;
+  a->B = B, a->I = I, a->H = H;
+  a->act = relu ? Activation::relu : Activation::tanh;
+  a->w.W_ih = static_cast<const T*>(wi.data());
+  a->w.W_hh = static_cast<const T*>(py::reinterpret_borrow<py::array>(W_hh).data());
+  a->w.b_ih = static_cast<const T*>(pbi);
+  a->w.b_hh = static_cast<const T*>(pbh);
+  a->x = static_cast<const T*>(px);
+  a->h = static_cast<const T*>(ph);
+  return true;
+}
+
 template py::array scratch_array<float>(const Shape&, const std::string&);
 template py::array scratch_array<double>(const Shape&, const std::string&);
 template const float* input<float>(Array&, const Shape&);
@@ -405,6 +465,10 @@ template RnnForwardArgs<double> forward_args<double>(ForwardArrays&, const std::
 template RnnBackwardArgs<float> backward_args<float>(BackwardArrays&, const std::string&, bool, bool);
 template RnnBackwardArgs<double> backward_args<double>(BackwardArrays&, const std::string&, bool,
                                                         bool);
+template bool cell_args<float>(py::handle, py::handle, py::handle, py::handle, py::handle,
+                               py::handle, bool, RnnCellArgs<float>*, bool*);
+template bool cell_args<double>(py::handle, py::handle, py::handle, py::handle, py::handle,
+                                py::handle, bool, RnnCellArgs<double>*, bool*);
 
 }  // namespace bind
 }  // namespace elman

@@ -152,5 +152,16 @@ template <typename T>
 RnnBackwardArgs<T> backward_args(BackwardArrays& a, const std::string& nonlinearity, bool reverse,
                                  bool accumulate_grad_x);
 
+// The fast path of RNNCell, which declines rather than raises. cell_dtype: float32 or float64
+// when W_ih [H, I] and W_hh [H, H] are C-contiguous, aligned NumPy arrays of that one dtype
+// (H >= 1); DType::other otherwise. cell_args: true when x, h and the biases fit too (NumPy
+// arrays of the weights' dtype, C-contiguous, aligned; x [B, I] with h [B, H], or x [I] with
+// h [H]; h and the biases may be None), filling *a but for a->h1, and *batched (x is 2-D).
+// False for anything else, with nothing raised: the caller then takes the validated path.
+DType cell_dtype(py::handle W_ih, py::handle W_hh);
+template <typename T>
+bool cell_args(py::handle x, py::handle h, py::handle W_ih, py::handle W_hh, py::handle b_ih,
+               py::handle b_hh, bool relu, RnnCellArgs<T>* a, bool* batched);
+
 }  // namespace bind
 }  // namespace elman

@@ -8,8 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "../cpu/blas.h"
-#include "../cpu/kernels.h"
 #include "../rnn.h"
 #include "args.h"
 #include "core.h"
@@ -20,11 +18,6 @@ namespace elman {
 namespace bind {
 
 namespace {
-
-bool aligned_c_contiguous(const py::array& a) {
-  return (a.flags() & py::array::c_style) &&
-         reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(a.itemsize()) == 0;
-}
 
 template <typename T>
 void forward_cpu(ForwardArrays& arrays, const std::string& nonlinearity, bool reverse) {
@@ -55,59 +48,24 @@ void check_2d(const Array& a) {
   if (a.ndim() != 2) value_error(std::string(a.name) + " must be 2-D, got shape " + shape_str(a.shape));
 }
 
-// One RNNCell step for the common case, with no Python-side checks: returns None whenever the
-// arguments are not exactly that case (then the caller takes the fully validated path, which
-// converts or raises the documented errors).
+// One RNNCell step when the arguments are exactly the fast case (cell_args), else None: the
+// caller then takes the validated path, which converts or raises the documented errors.
 template <typename T>
-py::object cell_step(const py::array& x, py::handle h, const py::array& W_ih, const py::array& W_hh,
-                     py::handle b_ih, py::handle b_hh, Activation act) {
-  const int64_t H = W_hh.shape(0), I = W_ih.shape(1);
-  const bool batched = x.ndim() == 2;
-  const int64_t B = batched ? x.shape(0) : 1;
-  if ((!batched && x.ndim() != 1) || x.shape(x.ndim() - 1) != I || !aligned_c_contiguous(x) ||
-      !x.dtype().equal(W_hh.dtype()))
-    return py::none();
-  const T* hp = nullptr;
-  if (!h.is_none()) {
-    if (!py::isinstance<py::array>(h)) return py::none();
-    py::array ha = py::reinterpret_borrow<py::array>(h);
-    if (ha.ndim() != x.ndim() || ha.shape(ha.ndim() - 1) != H || (batched && ha.shape(0) != B) ||
-        !aligned_c_contiguous(ha) || !ha.dtype().equal(W_hh.dtype()))
-      return py::none();
-    hp = static_cast<const T*>(ha.data());
-  }
-  const T *bi = nullptr, *bh = nullptr;
-  for (auto [obj, ptr] : {std::pair<py::handle, const T**>{b_ih, &bi}, {b_hh, &bh}}) {
-    if (obj.is_none()) continue;
-    if (!py::isinstance<py::array>(obj)) return py::none();
-    py::array b = py::reinterpret_borrow<py::array>(obj);
-    if (b.ndim() != 1 || b.shape(0) != H || !aligned_c_contiguous(b) || !b.dtype().equal(W_hh.dtype()))
-      return py::none();
-    *ptr = static_cast<const T*>(b.data());
-  }
-  py::array out = batched ? py::array(py::dtype::of<T>(), std::vector<int64_t>{B, H})
-                          : py::array(py::dtype::of<T>(), std::vector<int64_t>{H});
-  T* o = static_cast<T*>(out.mutable_data());
-  const T* xp = static_cast<const T*>(x.data());
-  const T* wi = static_cast<const T*>(W_ih.data());
-  const T* wh = static_cast<const T*>(W_hh.data());
-  if (B * H * (I + H) <= 262144) {  // small: the dot-product kernel, no GIL release needed
-    cpu::kernels<T>().cell_step(B, I, H, act, xp, hp, wi, wh, bi, bh, o);
-    return out;
-  }
-  {
+py::object cell_step(py::handle x, py::handle h, py::handle W_ih, py::handle W_hh, py::handle b_ih,
+                     py::handle b_hh, bool relu) {
+  RnnCellArgs<T> a;
+  bool batched = false;
+  if (!cell_args<T>(x, h, W_ih, W_hh, b_ih, b_hh, relu, &a, &batched)) return py::none();
+  py::array h1 = batched ? py::array(py::dtype::of<T>(), Shape{a.B, a.H})
+                         : py::array(py::dtype::of<T>(), Shape{a.H});
+  a.h1 = static_cast<T*>(h1.mutable_data());
+  if (a.B * a.H * (a.I + a.H) <= kSmallCellStep) {
+    rnn_cell_step_cpu<T>(a);
+  } else {
     py::gil_scoped_release nogil;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t j = 0; j < H; ++j) o[b * H + j] = (bi ? bi[j] : T(0)) + (bh ? bh[j] : T(0));
-    cpu::gemm<T>(false, true, B, H, I, T(1), xp, I, wi, I, T(1), o, H);
-    if (hp) cpu::gemm<T>(false, true, B, H, H, T(1), hp, H, wh, H, T(1), o, H);
-    if (act == Activation::tanh) {
-      cpu::kernels<T>().tanh(o, o, B * H);
-    } else {
-      for (int64_t i = 0; i < B * H; ++i) o[i] = o[i] < T(0) ? T(0) : o[i];
-    }
+    rnn_cell_step_cpu<T>(a);
   }
-  return out;
+  return std::move(h1);
 }
 
 }  // namespace
@@ -180,19 +138,11 @@ void register_rnn(py::module_& m) {
       "rnn_cell_step",
       [](py::handle x, py::handle h, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
          bool relu) -> py::object {
-        if (!py::isinstance<py::array>(x) || !py::isinstance<py::array>(W_ih) || !py::isinstance<py::array>(W_hh))
-          return py::none();
-        py::array xa = py::reinterpret_borrow<py::array>(x);
-        py::array wi = py::reinterpret_borrow<py::array>(W_ih);
-        py::array wh = py::reinterpret_borrow<py::array>(W_hh);
-        if (wi.ndim() != 2 || wh.ndim() != 2 || wi.shape(0) != wh.shape(0) || wh.shape(1) != wh.shape(0) ||
-            wh.shape(0) < 1 || !aligned_c_contiguous(wi) ||
-            !aligned_c_contiguous(wh) || !wi.dtype().equal(wh.dtype()))
-          return py::none();
-        const Activation act = relu ? Activation::relu : Activation::tanh;
-        if (wh.dtype().equal(py::dtype::of<float>())) return cell_step<float>(xa, h, wi, wh, b_ih, b_hh, act);
-        if (wh.dtype().equal(py::dtype::of<double>())) return cell_step<double>(xa, h, wi, wh, b_ih, b_hh, act);
-        return py::none();
+        switch (cell_dtype(W_ih, W_hh)) {
+          case DType::float32: return cell_step<float>(x, h, W_ih, W_hh, b_ih, b_hh, relu);
+          case DType::float64: return cell_step<double>(x, h, W_ih, W_hh, b_ih, b_hh, relu);
+          default: return py::none();
+        }
       },
       py::arg("x"), py::arg("h"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"),
       py::arg("relu"),
