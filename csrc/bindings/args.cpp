@@ -330,7 +330,8 @@ RnnShape shape_and_weights(Array& x, Array& W_ih, Array& W_hh, Array& b_ih, Arra
   sh.B = x.shape[1];
   sh.I = x.shape[2];
   sh.H = W_hh.shape[0];
-  if (sh.H < 1) value_error("W_hh must have shape (H, H) with H >= 1, got " + shape_str(W_hh.shape));
+  if (sh.H < 1)
+    value_error("W_hh must have shape (H, H) with H >= 1, got " + shape_str(W_hh.shape));
   sh.act = activation_of(nonlinearity);
   sh.reverse = reverse;
   if (sh.T < 1) value_error("x must have at least one time step, got T = 0");
@@ -366,7 +367,8 @@ RnnBackwardArgs<T> backward_args(BackwardArrays& a, const std::string& nonlinear
   RnnBackwardArgs<T> r;
   Array no_bias;
   require(a.x);
-  r.shape = shape_and_weights<T>(a.x, a.W_ih, a.W_hh, no_bias, no_bias, nonlinearity, reverse, &r.w);
+  r.shape =
+      shape_and_weights<T>(a.x, a.W_ih, a.W_hh, no_bias, no_bias, nonlinearity, reverse, &r.w);
   const RnnShape& sh = r.shape;
   const Shape seq = {sh.T, sh.B, sh.H}, state = {sh.B, sh.H};
   r.x = input<T>(a.x, {sh.T, sh.B, sh.I});
@@ -462,7 +464,8 @@ template float* rows_output<float>(Array&, const Shape&, int64_t*);
 template double* rows_output<double>(Array&, const Shape&, int64_t*);
 template RnnForwardArgs<float> forward_args<float>(ForwardArrays&, const std::string&, bool);
 template RnnForwardArgs<double> forward_args<double>(ForwardArrays&, const std::string&, bool);
-template RnnBackwardArgs<float> backward_args<float>(BackwardArrays&, const std::string&, bool, bool);
+template RnnBackwardArgs<float> backward_args<float>(BackwardArrays&, const std::string&, bool,
+                                                      bool);
 template RnnBackwardArgs<double> backward_args<double>(BackwardArrays&, const std::string&, bool,
                                                         bool);
 template bool cell_args<float>(py::handle, py::handle, py::handle, py::handle, py::handle,
