@@ -3,6 +3,13 @@
 #pragma once
 #include <cstdint>
 
+// Host and device: the helpers below (and rnn_math.h) run in C++ and in CUDA kernels alike.
+#if defined(__CUDACC__)
+#define ELMAN_HD __host__ __device__
+#else
+#define ELMAN_HD
+#endif
+
 namespace elman {
 
 // ---------------------------------------------------------------------------------------------
@@ -32,6 +39,25 @@ struct RnnShape {
   Activation act = Activation::tanh;
   bool reverse = false;              // process t = T-1 .. 0
   const int64_t* lengths = nullptr;  // [B], 1 <= lengths[b] <= T; nullptr: every sequence has T
+
+  // The sequence-length rules above, written once for every backend (they read `lengths`, so
+  // they run where it lives: host memory on the CPU, device memory in a CUDA kernel).
+  // Time of processing step s (s = 0 is processed first), and the processing step of time t.
+  ELMAN_HD int64_t time_of(int64_t s) const { return reverse ? T - 1 - s : s; }
+  ELMAN_HD int64_t step_of(int64_t t) const { return reverse ? T - 1 - t : t; }
+  ELMAN_HD int64_t length_of(int64_t b) const { return lengths ? lengths[b] : T; }
+  // Whether time t (0 <= t < T) is a valid step of sequence b.
+  ELMAN_HD bool is_valid(int64_t t, int64_t b) const { return !lengths || t < lengths[b]; }
+  // Time of sequence b's first and last valid step in processing order.
+  ELMAN_HD int64_t first_step_time(int64_t b) const { return reverse ? length_of(b) - 1 : 0; }
+  ELMAN_HD int64_t last_step_time(int64_t b) const { return reverse ? 0 : length_of(b) - 1; }
+  // Whether every sequence has all T steps (no lengths, or all equal to T).
+  ELMAN_HD bool all_full() const {
+    if (!lengths) return true;
+    for (int64_t b = 0; b < B; ++b)
+      if (lengths[b] != T) return false;
+    return true;
+  }
 };
 
 // The parameters of one layer in one direction (read-only for every entry point).

@@ -9,6 +9,7 @@ import math
 import os
 import pathlib
 import platform
+import sys
 import time
 
 import numpy as np
@@ -26,8 +27,9 @@ def parse_args(description, add_arguments=None):
     parser.add_argument("--compare-torch", action="store_true",
                         help="also train the same model with torch.nn.RNN from the same initial "
                              "weights on the same batches (needs torch)")
-    parser.add_argument("--out", default=".", help="folder for the plot and results JSON "
-                                                    "(default: the current folder)")
+    parser.add_argument("--out", default=None,
+                        help="folder for the plot and results JSON (default: runs/<example>/ in "
+                             "the current folder, which git ignores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data split, init, batches")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for elman, for NumPy's BLAS (Linear layers and losses "
@@ -35,8 +37,10 @@ def parse_args(description, add_arguments=None):
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args()
-    args.out = pathlib.Path(args.out)
+    example = pathlib.Path(sys.argv[0]).stem or "example"
+    args.out = pathlib.Path(args.out) if args.out is not None else pathlib.Path("runs") / example
     args.out.mkdir(parents=True, exist_ok=True)
+    print(f"  output folder: {args.out}")
     if args.threads is not None:
         elman.set_num_threads(args.threads)
         limit_numpy_blas(args.threads)

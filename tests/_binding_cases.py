@@ -1,6 +1,6 @@
 """Bad and odd arguments straight into the compiled module (elman._core), the layer that would
 crash the process if it read memory wrongly. Run in a child interpreter by
-test_reliability_binding.py (crash isolation, see isolation.py). Each case asserts the exact
+test_core_binding.py (crash isolation, see isolation.py). Each case asserts the exact
 exception type and message, or the exact defined result, and that no output was touched by a
 rejected call."""
 

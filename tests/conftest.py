@@ -95,3 +95,8 @@ def pytest_configure(config):
                                        "cleanly without them)")
     config.addinivalue_line("markers", "bad_input: a case of bad input or an injected fault "
                                        "(tools/count_bad_inputs.py counts them)")
+    config.addinivalue_line("markers", "reliability: faults, bad input, hostile files, threads "
+                                       "and special values (tools/sanitize.sh runs them)")
+    config.addinivalue_line("markers", "property: property-based tests (hypothesis)")
+    config.addinivalue_line("markers", "slow: runs other processes or whole examples (seconds "
+                                       "to minutes each)")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import elman
-from elman import _backend, _cuda_fn, reference
+from elman import _backend, reference
+from elman._backends import cuda as _cuda_fn
 from elman import functional as F
 from conftest import assert_close, max_abs
 from test_kernels import make_case

@@ -16,6 +16,8 @@ import pytest
 torch = pytest.importorskip("torch") if __name__ != "__main__" else __import__("torch")
 import elman.torch as et  # noqa: E402  (needs torch)
 
+pytestmark = pytest.mark.slow
+
 K, B, T, I, H = 8, 6, 7, 3, 5
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

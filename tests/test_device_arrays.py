@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import elman
-from elman import _backend, _cuda_fn, _device
+from elman import _backend, _device
+from elman._backends import cuda as _cuda_fn
 from elman import functional as F
 
 

@@ -17,6 +17,7 @@ MISSING = [m for m in NEEDS if importlib.util.find_spec(m) is None]   # find, ne
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not EXAMPLES_DIR.is_dir(), reason="examples/ is not next to the tests "
                                                          "(installed-package run)"),
     pytest.mark.skipif(bool(MISSING), reason=f"the examples extra is not installed (missing: "

@@ -175,15 +175,15 @@ def test_fit_runs_without_tqdm(monkeypatch):
     assert h.steps == 2
 
 
-def test_readme_fit_example_runs_and_learns():
-    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+def test_docs_fit_example_runs_and_learns():
+    readme = pathlib.Path(__file__).resolve().parents[1] / "docs" / "examples.md"
     if not readme.exists():
-        pytest.skip("README.md is not next to the tests (installed-package run)")
+        pytest.skip("docs/ is not next to the tests")
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
               if "elman.fit(" in b]
     assert len(blocks) == 1
     namespace = {}
-    exec(compile(blocks[0], "README.md fit example", "exec"), namespace)
+    exec(compile(blocks[0], "docs/examples.md fit example", "exec"), namespace)
     h = namespace["history"]
     assert h.steps == 30 * 32 and len(h.evals) == 30
     # The task of the first README example, held to the same bar (accuracy >= 0.9).

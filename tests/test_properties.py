@@ -9,9 +9,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import elman
 from elman import functional as F, reference
 from conftest import assert_close, max_abs
-from test_reliability_values import assert_same_specials
+from test_kernels_values import assert_same_specials
 
-pytestmark = pytest.mark.skipif("cpu" not in elman.backends(), reason="no compiled CPU backend")
+pytestmark = [
+    pytest.mark.property,
+    pytest.mark.skipif("cpu" not in elman.backends(), reason="no compiled CPU backend"),
+]
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -418,19 +418,20 @@ def test_kernels_get_zero_copy_views_one_call_per_layer_and_direction(monkeypatc
     x = torch.randn(6, 2, 3, requires_grad=True)
     calls = {"forward": 0, "backward": 0}
     params = [p.detach().numpy() for p in em.parameters()]
-    real_fwd, real_bwd = et.F.forward_into, et.F.backward_into
+    cpu = et.F._backend.resolve("cpu")  # the backend object every layer loop calls
+    real_fwd, real_bwd = cpu.forward, cpu.backward
 
-    def fwd(backend, x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs):
+    def fwd(x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs):
         calls["forward"] += 1
         for w in (w_ih, w_hh, b_ih, b_hh):  # the parameters' own memory, not a copy
             assert any(w is not None and np.shares_memory(w, p) for p in params)
-        return real_fwd(backend, x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs)
+        return real_fwd(x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs)
 
     def bwd(*args, **kwargs):
         calls["backward"] += 1
         return real_bwd(*args, **kwargs)
-    monkeypatch.setattr(et.F, "forward_into", fwd)
-    monkeypatch.setattr(et.F, "backward_into", bwd)
+    monkeypatch.setattr(cpu, "forward", fwd)
+    monkeypatch.setattr(cpu, "backward", bwd)
     out, h_n = em(x)
     (out.sum() + h_n.sum()).backward()
     assert calls == {"forward": 4, "backward": 4}  # 2 layers x 2 directions, whole sequence each
@@ -597,17 +598,17 @@ def test_empty_batch_behaves_as_torch():
     assert em(x)[0].shape == tm(x)[0].shape == (5, 0, 4)
 
 
-def test_readme_drop_in_example_runs(tmp_path, monkeypatch):
-    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+def test_docs_drop_in_example_runs(tmp_path, monkeypatch):
+    readme = pathlib.Path(__file__).resolve().parents[1] / "docs" / "torch.md"
     if not readme.exists():
-        pytest.skip("README.md is not next to the tests (installed-package run)")
+        pytest.skip("docs/ is not next to the tests")
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
               if "import elman.torch" in b]
     assert blocks
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         ns = {}
-        exec(compile(block, "README.md elman.torch example", "exec"), ns)
+        exec(compile(block, "docs/torch.md elman.torch example", "exec"), ns)
     assert kernel_nodes(ns["out"]) == 2 and ns["out"].shape == (16, 50, 32)
     plain = torch.nn.RNN(8, 32, num_layers=2, batch_first=True)
     plain.load_state_dict(torch.load(tmp_path / "rnn.pt"))  # as the comment there says

@@ -1,11 +1,12 @@
-// elman._core's runtime settings: the kernels' threads and instruction set, and what the build
-// and the bundled BLAS are (for `elman info`).
+// elman._core's runtime settings: the kernels' threads, instruction set and denormal mode, and
+// what the build and the bundled BLAS are (for `elman info`).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <string>
 
 #include "../cpu/blas.h"
+#include "../cpu/fpmode.h"
 #include "../cpu/kernels.h"
 #include "../cpu/threads.h"
 #include "args.h"
@@ -28,6 +29,10 @@ void register_runtime(py::module_& m) {
       "Threads of the CPU kernels (the bundled BLAS runs single-threaded inside each).");
 
   m.def("get_num_threads", []() { return cpu::get_num_threads(); });
+  m.def(
+      "set_flush_denormal", [](bool on) { cpu::set_flush_denormals(on); }, py::arg("on"),
+      "Flush-to-zero and denormals-are-zero inside the kernels (on by default).");
+  m.def("get_flush_denormal", []() { return cpu::flush_denormals(); });
 
   m.def("default_num_threads", []() { return cpu::default_num_threads(); });
 

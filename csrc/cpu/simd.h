@@ -345,6 +345,12 @@ ELMAN_VINLINE double dacc_sum(DoubleAcc a) { return _mm_cvtsd_f64(_mm_add_sd(a, 
 #error "define one of ELMAN_ISA_BASELINE, ELMAN_ISA_AVX2, ELMAN_ISA_AVX512"
 #endif
 
+// With lt, le, select and fnmadd above, the vector forms of the primitives rnn_math.h's
+// templates are written in (math::relu, math::tanh_dz, math::relu_dz on a Vec): a constant
+// broadcast to every lane.
+template <typename T, typename S>
+ELMAN_VINLINE Vec<T> splat(Vec<T>, S c) { return Vec<T>::set1(T(c)); }
+
 }  // namespace ELMAN_ISA_NS
 }  // namespace cpu
 }  // namespace elman

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <new>
 
+#include "../rnn_math.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -123,16 +124,17 @@ void tanh_array(const T* x, T* y, int64_t n) {
 }
 
 // ------------------------------------------------------------------------------------ activations
+// relu and both derivatives are rnn_math.h's, on vectors; tanh is the vector tanh above.
 template <typename T, Activation A>
 ELMAN_VINLINE Vec<T> activate(Vec<T> z) {
   if constexpr (A == Activation::tanh) return vtanh(z);
-  else return select(lt(z, Vec<T>::zero()), Vec<T>::zero(), z);  // z < 0 ? 0 : z (NaN stays)
+  else return math::relu(z);
 }
 
 template <typename T, Activation A>
 ELMAN_VINLINE Vec<T> activation_dz(Vec<T> h, Vec<T> dh) {
-  if constexpr (A == Activation::tanh) return dh * fnmadd(h, h, Vec<T>::set1(T(1)));  // dh (1 - h^2)
-  else return select(le(h, Vec<T>::zero()), Vec<T>::zero(), dh);  // a select, as math::relu_dz
+  if constexpr (A == Activation::tanh) return math::tanh_dz(h, dh);
+  else return math::relu_dz(h, dh);
 }
 
 // ------------------------------------------------------------------------------------ packing

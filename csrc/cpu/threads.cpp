@@ -2,14 +2,21 @@
 // a region never waits for a worker to arrive, only for the items taken to be finished.
 #include "threads.h"
 
+#include "fpmode.h"
+
 #include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -38,6 +45,7 @@ struct Pool {
   // The open region (valid while `open` is set and a worker holds `active`).
   TeamFn fn = nullptr;
   void* ctx = nullptr;
+  bool flush = true;  // the region's floating-point mode (fpmode.h), chosen by its caller
   Region* region = nullptr;
   int want = 1;
   alignas(64) std::atomic<bool> open{false};
@@ -65,6 +73,7 @@ struct Pool {
       active.fetch_add(1, std::memory_order_seq_cst);
       if (open.load(std::memory_order_seq_cst) &&
           joined.fetch_add(1, std::memory_order_relaxed) + 1 < want) {
+        FpModeGuard fp(flush);
         Team team(region);
         fn(ctx, team);
       }
@@ -94,26 +103,70 @@ struct Pool {
 };
 
 std::atomic<Pool*> g_pool{nullptr};
-std::mutex g_config;  // serialises set_num_threads and the creation of the pool
-std::vector<Pool*> g_retired;  // pools replaced by set_num_threads (guarded by g_config)
+std::mutex g_config;  // serialises set_num_threads, the creation of the pool and freeing
+// Pools replaced by set_num_threads (guarded by g_config). A call may have loaded g_pool just
+// before the replacement and still use the old pool (it then finds it busy and runs alone), so
+// a retired pool is freed only once no call can hold it: every call that uses a pool is
+// counted in g_users from before it loads g_pool until after its last use of the pool, and
+// once g_users is seen at 0 after a pool was retired, every call that could have loaded it has
+// finished (later calls load the new pool). That is checked at each set_num_threads and by the
+// call that brings g_users to 0, if it can take g_config without waiting.
+std::vector<Pool*> g_retired;
+std::atomic<int64_t> g_users{0};
+std::atomic<bool> g_has_retired{false};
 
 Pool* pool() {
-  Pool* p = g_pool.load(std::memory_order_acquire);
+  Pool* p = g_pool.load(std::memory_order_seq_cst);
   if (p) return p;
   std::lock_guard<std::mutex> lock(g_config);
   p = g_pool.load();
   if (!p) {
     p = new Pool(default_num_threads());
-    g_pool.store(p, std::memory_order_release);
+    g_pool.store(p, std::memory_order_seq_cst);
   }
   return p;
 }
 
+// Frees the retired pools if no call is using a pool now (g_config held). Every pool in
+// g_retired was replaced in g_pool before this thread took g_config.
+void free_retired_locked() {
+  if (g_retired.empty() || g_users.load(std::memory_order_seq_cst) != 0) return;
+  for (Pool* p : g_retired) delete p;  // shut down already: its workers have been joined
+  g_retired.clear();
+  g_has_retired.store(false, std::memory_order_relaxed);
+}
+
+// The current pool, held for the lifetime of this object (see g_users).
+class PoolRef {
+ public:
+  PoolRef() {
+    g_users.fetch_add(1, std::memory_order_seq_cst);
+    p_ = pool();
+  }
+  ~PoolRef() {
+    if (g_users.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+        g_has_retired.load(std::memory_order_relaxed)) {
+      std::unique_lock<std::mutex> lock(g_config, std::try_to_lock);  // never wait here
+      if (lock.owns_lock()) free_retired_locked();
+    }
+  }
+  PoolRef(const PoolRef&) = delete;
+  PoolRef& operator=(const PoolRef&) = delete;
+  Pool* operator->() const { return p_; }
+
+ private:
+  Pool* p_;
+};
+
 // After fork() only the forking thread exists in the child: forget the parent's pool (its
-// workers are gone) and build a new one on first use.
+// workers are gone) and build a new one on first use. The parent's pools, and any count of
+// calls that were running in its other threads, stay behind: a child never frees them.
 void after_fork_in_child() {
   g_pool.store(nullptr);
   new (&g_config) std::mutex();
+  new (&g_retired) std::vector<Pool*>();
+  g_users.store(0);
+  g_has_retired.store(false);
 }
 
 const bool g_atfork = [] { return pthread_atfork(nullptr, nullptr, after_fork_in_child) == 0; }();
@@ -135,7 +188,9 @@ Phase& Team::next_phase() {
 
 void parallel_raw(int want, TeamFn fn, void* ctx) {
   Region region;
-  Pool* p = pool();
+  PoolRef p;
+  const bool flush = flush_denormals();
+  FpModeGuard fp(flush);  // this thread's mode, restored on return (and on an exception)
   if (want > p->nthreads) want = p->nthreads;
   bool expected = false;
   if (want <= 1 || !p->busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
@@ -144,6 +199,7 @@ void parallel_raw(int want, TeamFn fn, void* ctx) {
     return;
   }
   if (p->workers.empty()) p->start();
+  p->flush = flush;
   p->fn = fn;
   p->ctx = ctx;
   p->region = &region;
@@ -162,10 +218,34 @@ void parallel_raw(int want, TeamFn fn, void* ctx) {
   p->busy.store(false, std::memory_order_release);
 }
 
+namespace {
+// ELMAN_FLUSH_DENORMAL=0 (or "false", "off", "no") starts with exact subnormal arithmetic.
+bool flush_from_env() {
+  const char* env = std::getenv("ELMAN_FLUSH_DENORMAL");
+  if (!env) return true;
+  std::string v(env);
+  for (char& c : v) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return !(v == "0" || v == "false" || v == "off" || v == "no");
+}
+std::atomic<bool> g_flush{flush_from_env()};
+}  // namespace
+
+bool flush_denormals() { return g_flush.load(std::memory_order_relaxed); }
+void set_flush_denormals(bool on) { g_flush.store(on, std::memory_order_relaxed); }
+
+int max_num_threads() {
+  const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  return int(std::max(4L, 4 * cpus));
+}
+
 int default_num_threads() {
-  if (const char* env = std::getenv("ELMAN_NUM_THREADS")) {  // an explicit choice wins
-    const long n = std::strtol(env, nullptr, 10);
-    if (n >= 1 && n <= 4096) return int(n);
+  const char* env = std::getenv("ELMAN_NUM_THREADS");
+  if (env && *env) {  // an explicit choice wins, when it is a whole number in range
+    char* end = nullptr;
+    errno = 0;
+    const long n = std::strtol(env, &end, 10);
+    while (end != env && std::isspace(static_cast<unsigned char>(*end))) ++end;
+    if (end != env && *end == '\0' && errno == 0 && n >= 1 && n <= max_num_threads()) return int(n);
   }
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
@@ -191,14 +271,17 @@ void set_num_threads(int n) {
       return;
     }
     old->shutdown();
-    // The old pool object is kept (a racing caller may still hold a pointer to it), listed
-    // here so that it stays owned rather than leaked: a few hundred bytes per change of count.
     g_retired.push_back(old);
+    g_has_retired.store(true, std::memory_order_relaxed);
   }
-  g_pool.store(new Pool(n), std::memory_order_release);
+  g_pool.store(new Pool(n), std::memory_order_seq_cst);
+  free_retired_locked();
 }
 
-int get_num_threads() { return pool()->nthreads; }
+int get_num_threads() {
+  PoolRef p;
+  return p->nthreads;
+}
 
 }  // namespace cpu
 }  // namespace elman

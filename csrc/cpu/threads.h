@@ -74,7 +74,12 @@ void parallel(int want, F&& f) {
 
 void set_num_threads(int n);
 int get_num_threads();
-int default_num_threads();  // ELMAN_NUM_THREADS if set, else the CPUs this process may run on
+// ELMAN_NUM_THREADS if it is a whole number in [1, max_num_threads()], else the CPUs this
+// process may run on (python/elman/_threads.py warns about a value outside that rule).
+int default_num_threads();
+// 4 x the online CPUs, at least 4: the most threads elman accepts, the same
+// rule as elman.max_num_threads() in python/elman/_threads.py.
+int max_num_threads();
 
 }  // namespace cpu
 }  // namespace elman

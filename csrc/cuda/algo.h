@@ -107,7 +107,7 @@ std::vector<GemmArgs<T>> tier3_steps(const StepArgs<T>& st, bool backward) {
   const RnnShape& sh = st.shape;
   std::vector<GemmArgs<T>> steps;
   for (int64_t i = 0; i < sh.T; ++i) {
-    const int64_t s = backward ? sh.T - 1 - i : i, t = time_of(sh, s);
+    const int64_t s = backward ? sh.T - 1 - i : i, t = sh.time_of(s);
     GemmArgs<T> g;
     g.M = sh.B, g.N = sh.H, g.K = sh.H;
     g.kchunk = sh.H;  // never split: a step's sums keep the lane order of tiers 1 and 2
@@ -120,12 +120,12 @@ std::vector<GemmArgs<T>> tier3_steps(const StepArgs<T>& st, bool backward) {
       g.trans_b = true;  // B(k, j) = W_hh[j, k]
       g.alt_a = st.h0, g.alt_ld = sh.H;
       if (s > 0) {
-        const int64_t tp = time_of(sh, s - 1);
+        const int64_t tp = sh.time_of(s - 1);
         g.A = st.out + tp * sh.B * st.ld_out, g.lda = st.ld_out;
         g.mask_m = RowMask{sh.lengths, sh.B, tp};
       }
     } else if (s + 1 < sh.T) {
-      const int64_t tn = time_of(sh, s + 1);
+      const int64_t tn = sh.time_of(s + 1);
       g.A = st.dz + tn * sh.B * sh.H, g.lda = sh.H;
       g.mask_m = RowMask{sh.lengths, sh.B, tn};
     }

@@ -269,36 +269,32 @@ ELMAN_BODY void splitk_finish_element(const GemmArgs<T>& a, int64_t idx) {
   store_element(a, idx / a.N, idx % a.N, sum);
 }
 
-ELMAN_INDEX int64_t time_of(const RnnShape& sh, int64_t s) { return sh.reverse ? sh.T - 1 - s : s; }
-ELMAN_INDEX bool valid_at(const RnnShape& sh, int64_t t, int64_t b) {
-  return !sh.lengths || t < sh.lengths[b];
-}
-// Processing step of time t (its inverse): the step before t in processing order is s - 1.
-ELMAN_INDEX int64_t step_of(const RnnShape& sh, int64_t t) { return sh.reverse ? sh.T - 1 - t : t; }
+// Steps and sequence lengths: RnnShape's helpers (rnn.h). The step before time t in processing
+// order is step_of(t) - 1.
 
 // Element k of the state the forward step at time t starts from: the previous processed step's
 // output when that step is valid for b, else h0 (or 0).
 template <typename T>
 ELMAN_BODY T prev_state(const StepArgs<T>& a, int64_t t, int64_t b, int64_t k) {
   const RnnShape& sh = a.shape;
-  const int64_t s = step_of(sh, t);
+  const int64_t s = sh.step_of(t);
   if (s > 0) {
-    const int64_t tp = time_of(sh, s - 1);
-    if (valid_at(sh, tp, b)) return a.out[(tp * sh.B + b) * a.ld_out + k];
+    const int64_t tp = sh.time_of(s - 1);
+    if (sh.is_valid(tp, b)) return a.out[(tp * sh.B + b) * a.ld_out + k];
   }
   return a.h0 ? a.h0[b * sh.H + k] : T(0);
 }
 // Whether the step processed after time t is valid for b (its dz feeds this step's dh).
 ELMAN_BODY bool next_valid(const RnnShape& sh, int64_t t, int64_t b) {
-  const int64_t s = step_of(sh, t);
-  return s + 1 < sh.T && valid_at(sh, time_of(sh, s + 1), b);
+  const int64_t s = sh.step_of(t);
+  return s + 1 < sh.T && sh.is_valid(sh.time_of(s + 1), b);
 }
 // Element j of dz at the step processed after time t, or 0 when that step is not valid for b.
 template <typename T>
 ELMAN_BODY T next_dz(const StepArgs<T>& a, int64_t t, int64_t b, int64_t j) {
   const RnnShape& sh = a.shape;
   if (!next_valid(sh, t, b)) return T(0);
-  return a.dz[(time_of(sh, step_of(sh, t) + 1) * sh.B + b) * sh.H + j];
+  return a.dz[(sh.time_of(sh.step_of(t) + 1) * sh.B + b) * sh.H + j];
 }
 
 // Whether sequence b has a state before the step at time t (h0, or an earlier valid step). A
@@ -306,15 +302,15 @@ ELMAN_BODY T next_dz(const StepArgs<T>& a, int64_t t, int64_t b, int64_t j) {
 template <typename T>
 ELMAN_BODY bool has_state(const StepArgs<T>& a, int64_t t, int64_t b) {
   const RnnShape& sh = a.shape;
-  const int64_t s = step_of(sh, t);
-  return a.h0 != nullptr || (s > 0 && valid_at(sh, time_of(sh, s - 1), b));
+  const int64_t s = sh.step_of(t);
+  return a.h0 != nullptr || (s > 0 && sh.is_valid(sh.time_of(s - 1), b));
 }
 
 // Forward epilogue: h_t[b, j] = f(x W_ih^T + bias + W_hh h_{t-1}), or 0 at an invalid step.
 template <typename T>
 ELMAN_BODY void fwd_epilogue(const StepArgs<T>& a, int64_t t, int64_t b, int64_t j, T dot) {
   T* o = a.out + (t * a.shape.B + b) * a.ld_out + j;
-  if (!valid_at(a.shape, t, b)) {
+  if (!a.shape.is_valid(t, b)) {
     *o = T(0);
     return;
   }
@@ -327,7 +323,7 @@ template <typename T>
 ELMAN_BODY void bwd_epilogue(const StepArgs<T>& a, int64_t t, int64_t b, int64_t k, T dot) {
   const RnnShape& sh = a.shape;
   const int64_t r = (t * sh.B + b) * sh.H + k;
-  if (!valid_at(sh, t, b)) {
+  if (!sh.is_valid(t, b)) {
     a.dz[r] = T(0);
     if (a.dh) a.dh[r] = T(0);
     return;
@@ -391,7 +387,7 @@ ELMAN_BODY void persistent_block(const StepArgs<T>& a, const PersistentPlan& p, 
     Wsh[r * p.ldw + k] = backward ? a.W_hh[k * H + j0 + r] : a.W_hh[(j0 + r) * H + k];
   }
   for (int64_t s = 0; s < sh.T; ++s) {
-    const int64_t t = time_of(sh, backward ? sh.T - 1 - s : s);
+    const int64_t t = sh.time_of(backward ? sh.T - 1 - s : s);
     for (int64_t e = tid; e < bn * H; e += kThreads) {
       const int64_t bb = e / H, k = e % H;
       Vsh[bb * H + k] = backward ? next_dz(a, t, b0 + bb, k) : prev_state(a, t, b0 + bb, k);
@@ -428,9 +424,7 @@ ELMAN_BODY void h_n_element(const StepArgs<T>& a, T* h_n, int64_t idx) {
   const RnnShape& sh = a.shape;
   if (idx >= sh.B * sh.H) return;
   const int64_t b = idx / sh.H, k = idx % sh.H;
-  const int64_t L = sh.lengths ? sh.lengths[b] : sh.T;
-  const int64_t t = sh.reverse ? 0 : L - 1;
-  h_n[idx] = a.out[(t * sh.B + b) * a.ld_out + k];
+  h_n[idx] = a.out[(sh.last_step_time(b) * sh.B + b) * a.ld_out + k];
 }
 
 // prev[t, b, :] = the state the step at (t, b) started from (0 at invalid steps).
@@ -439,7 +433,7 @@ ELMAN_BODY void gather_prev_element(const StepArgs<T>& a, T* prev, int64_t idx) 
   const RnnShape& sh = a.shape;
   if (idx >= sh.T * sh.B * sh.H) return;
   const int64_t k = idx % sh.H, tb = idx / sh.H, b = tb % sh.B, t = tb / sh.B;
-  prev[idx] = valid_at(sh, t, b) ? prev_state(a, t, b, k) : T(0);
+  prev[idx] = sh.is_valid(t, b) ? prev_state(a, t, b, k) : T(0);
 }
 
 // first[b, :] = dz at each sequence's first processed step (its gradient flows into h0).
@@ -448,8 +442,7 @@ ELMAN_BODY void gather_first_dz_element(const StepArgs<T>& a, T* first, int64_t 
   const RnnShape& sh = a.shape;
   if (idx >= sh.B * sh.H) return;
   const int64_t b = idx / sh.H, k = idx % sh.H;
-  const int64_t t = sh.reverse ? (sh.lengths ? sh.lengths[b] : sh.T) - 1 : 0;
-  first[idx] = a.dz[(t * sh.B + b) * sh.H + k];
+  first[idx] = a.dz[(sh.first_step_time(b) * sh.B + b) * sh.H + k];
 }
 
 // Bias gradients, one thread per column j: the valid rows summed in order, in double.
@@ -460,7 +453,7 @@ ELMAN_BODY void bias_grad_element(const StepArgs<T>& a, T* db_ih, T* db_hh, int6
   double acc = 0.0;
   for (int64_t t = 0; t < sh.T; ++t)
     for (int64_t b = 0; b < sh.B; ++b)
-      if (valid_at(sh, t, b)) acc += double(a.dz[(t * sh.B + b) * sh.H + j]);
+      if (sh.is_valid(t, b)) acc += double(a.dz[(t * sh.B + b) * sh.H + j]);
   if (db_ih) db_ih[j] += T(acc);
   if (db_hh) db_hh[j] += T(acc);
 }
@@ -476,7 +469,7 @@ ELMAN_BODY void grad_norm_block(const StepArgs<T>& a, double* norms, Ctx& c) {
   double acc = 0.0;
   for (int64_t e = tid; e < sh.B * sh.H; e += kThreads) {
     const int64_t b = e / sh.H;
-    if (!valid_at(sh, t, b)) continue;
+    if (!sh.is_valid(t, b)) continue;
     const double v = double(a.dh[t * sh.B * sh.H + e]);
     acc += v * v;
   }

@@ -13,7 +13,8 @@ from .layers import (Embedding, Linear, Module, Parameter, RNN, RNNCell, is_grad
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss, sigmoid, softmax
 from .optim import SGD, clip_grad_norm_, clip_grad_value_
 from .serialization import load, save
-from ._threads import get_num_threads, set_num_threads
+from ._threads import (get_flush_denormal, get_num_threads, max_num_threads, set_flush_denormal,
+                       set_num_threads)
 from .training import History, fit
 
 try:
@@ -26,5 +27,6 @@ __all__ = [
     "MSELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "sigmoid", "softmax",
     "SGD", "clip_grad_norm_", "clip_grad_value_",
     "fit", "History", "save", "load", "backends", "set_num_threads", "get_num_threads",
+    "max_num_threads", "set_flush_denormal", "get_flush_denormal",
     "functional", "losses", "reference", "training", "__version__",
 ]

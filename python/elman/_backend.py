@@ -1,5 +1,9 @@
-"""The one place that resolves ``backend=`` ("auto" | "cpu" | "cuda" | "numpy") to a backend name
-and holds the compiled modules. Nothing here imports anything above it."""
+"""The one place that resolves ``backend=`` ("auto" | "cpu" | "cuda" | "numpy") to a backend
+object (elman._backends) and holds the compiled modules. Nothing here imports anything above it.
+
+A compiled module that failed to import is reported when it is used (a RuntimeError naming the
+import error); ``"auto"`` never switches to the NumPy reference, which is the oracle the kernels
+are tested against, not a fallback."""
 
 import warnings
 
@@ -8,14 +12,14 @@ import numpy as np
 from . import _device
 
 try:
-    from . import _core
+    from . import _core  # type: ignore[attr-defined]  # compiled; no stub
     _core_error = None
-except ImportError as exc:  # a broken install; the numpy backend still works
+except ImportError as exc:  # a broken install: reported at use
     _core = None
     _core_error = exc
 
 try:  # built only with ELMAN_CUDA=ON (or AUTO where nvcc exists); never required
-    from . import _cuda
+    from . import _cuda  # type: ignore[attr-defined]  # compiled; no stub
     _cuda_error = None
 except ImportError as exc:
     import importlib.util
@@ -27,7 +31,6 @@ except ImportError as exc:
 
 KNOWN = ("cpu", "cuda", "numpy")
 ISA_LEVELS = ("baseline", "avx2", "avx512")
-_warned_fallback = False
 _cuda_state = None
 
 
@@ -71,9 +74,34 @@ def available():
 
 
 def resolve(backend, *arrays, stream=None):
-    """Map ``None`` / ``"auto"`` / a backend name to an available backend name. ``arrays``: the
-    call's inputs, so that "auto" runs CUDA device arrays on the cuda backend."""
-    global _warned_fallback
+    """The backend object for ``None`` / ``"auto"`` / a backend name / a backend object.
+    ``arrays``: the call's inputs, so that "auto" runs CUDA device arrays on the cuda backend."""
+    if not isinstance(backend, str) and backend is not None and hasattr(backend, "forward"):
+        name = backend.name  # already resolved (a layer's own backend object)
+    else:
+        name = resolve_name(backend, *arrays, stream=stream)
+    obj = _objects.get(name)
+    if obj is None:
+        obj = _objects[name] = _make(name)
+    return obj
+
+
+_objects: dict = {}  # backend name -> its object, built on first use
+
+
+def _make(name):
+    if name == "cpu":
+        from ._backends.cpu import CpuBackend
+        return CpuBackend(core())
+    if name == "cuda":
+        from ._backends.cuda import CudaBackend
+        return CudaBackend()
+    from ._backends.numpy import NumpyBackend
+    return NumpyBackend()
+
+
+def resolve_name(backend, *arrays, stream=None):
+    """Map ``None`` / ``"auto"`` / a backend name to an available backend name."""
     on_device = False
     for a in arrays:  # NumPy arrays and None, the common case, without asking the protocols
         if a is not None and type(a) is not np.ndarray and _device.is_device_array(a):
@@ -88,12 +116,9 @@ def resolve(backend, *arrays, stream=None):
         elif _core is not None:
             backend = "cpu"
         else:
-            if not _warned_fallback:
-                warnings.warn(f"elman's compiled kernels failed to import ({_core_error}); "
-                              "falling back to the slow NumPy reference backend", RuntimeWarning,
-                              stacklevel=3)
-                _warned_fallback = True
-            backend = "numpy"
+            raise RuntimeError(f"elman's compiled kernels failed to import ({_core_error}); "
+                               "reinstall elman, or pass backend='numpy' to run the (slow) "
+                               "NumPy reference on purpose")
     elif not isinstance(backend, str):
         raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
     elif backend not in KNOWN:

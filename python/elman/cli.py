@@ -1,12 +1,14 @@
 """Command line: ``elman info`` and ``elman bench`` (also ``python -m elman``)."""
 
 import argparse
+import importlib.util
 import json
+import math
 import os
-import statistics
 import sys
+import tempfile
 
-from . import _backend
+from . import _backend, _threads
 
 
 def _install_kind():
@@ -107,6 +109,77 @@ def _table(rows, mode, backends, peak):
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every error is one line on stderr and exit status 2, before any work starts."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _check_writable(parser, option, path):
+    """Refuses an output path that cannot be written, by creating (and removing) a temporary
+    file next to it: finding out after minutes of benchmarking loses the results."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        parser.error(f"{option} {path!r} is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".elman-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            raise PermissionError("the file exists and is read-only")
+    except OSError as exc:
+        parser.error(f"{option} {path!r} cannot be written ({exc.strerror or exc})")
+
+
+def _check_plot(parser, path):
+    if path is None:
+        return
+    if importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib (pip install matplotlib)")
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext:
+        from matplotlib.backend_bases import FigureCanvasBase
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if ext not in formats:
+            parser.error(f"--plot {path!r}: matplotlib cannot write .{ext} files; it writes "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    _check_writable(parser, "--plot", path)
+
+
+def _check_shape_memory(parser, shapes):
+    """A shape whose arrays (input, outputs, gradients, weights; float64 at most, two copies
+    for the reference) cannot fit in this machine's memory is refused before anything runs."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not every system reports it
+        return
+    for T, B, I, H in shapes or ():
+        need = 2 * 8 * (T * B * (I + 4 * H) + 3 * H * (I + H))
+        if need > physical:
+            parser.error(f"--shapes {T},{B},{I},{H} needs about {need / 2**30:.1f} GiB, this "
+                         f"machine has {physical / 2**30:.1f} GiB")
+
+
+def _check_bench_args(parser, args):
+    """Every argument of ``elman bench``, checked before any work starts."""
+    cap = _threads.max_num_threads()
+    if args.threads is not None and not 1 <= args.threads <= cap:
+        parser.error(f"--threads must be from 1 to {cap} (4 x the CPUs, at least 4), got "
+                     f"{args.threads}")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if not (math.isfinite(args.block) and args.block > 0):
+        parser.error(f"--block must be a finite number of seconds > 0, got {args.block}")
+    if not (math.isfinite(args.gap) and args.gap >= 0):
+        parser.error(f"--gap must be a finite number of seconds >= 0, got {args.gap}")
+    _check_shape_memory(parser, args.shapes)
+    _check_writable(parser, "--json", args.json)
+    _check_plot(parser, args.plot)
+
+
 def _bench(args):
     from . import _bench as B
     backends = B.available_backends()
@@ -117,8 +190,8 @@ def _bench(args):
                   file=sys.stderr)
             return 2
         backends = args.backends
-    if "cpu" in backends and args.threads:
-        _backend.core().set_num_threads(args.threads)
+    if "cpu" in backends and args.threads is not None:
+        _threads.set_num_threads(args.threads)
     if "torch" in backends:
         import torch
         torch.set_num_threads(args.threads or _backend.core().get_num_threads())
@@ -156,10 +229,19 @@ def _bench(args):
             if "cpu" in t and "torch" in t:
                 line += f"  (cpu is {t['torch'] / t['cpu']:.1f}x faster)"
             print(line)
+    regime_rows = []
+    if not args.no_regimes and "cpu" in backends:
+        from . import _bench_regimes as R
+        print("\nregimes: where training scripts spend their time (torch: the faster of 1 and 2 "
+              "threads)")
+        regime_rows = R.run_regimes(args.quick, rounds, args.block, args.gap)
+        for r in regime_rows:
+            print(R.format_row(r))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "peak_gflops": peak, "single_thread_gflops": single,
-                       "rows": rows, "cell": cell_rows}, f, indent=1, default=str)
+                       "rows": rows, "cell": cell_rows, "regimes": regime_rows}, f, indent=1,
+                      default=str)
         print(f"\nraw numbers written to {args.json}")
     if args.plot:
         _plot(rows, backends, args.plot)
@@ -195,7 +277,9 @@ def _plot(rows, backends, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="elman", description="elman: fast Elman RNNs for NumPy")
+    from . import __version__
+    parser = _Parser(prog="elman", description="elman: fast Elman RNNs for NumPy")
+    parser.add_argument("--version", action="version", version=f"elman {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, backends, kernels, BLAS and threads")
     pb = sub.add_parser("bench", help="time elman against NumPy and torch.nn.RNN")
@@ -212,10 +296,16 @@ def main(argv=None):
     pb.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     pb.add_argument("--plot", metavar="FILE.png", help="plot speed-up against work (needs matplotlib)")
     pb.add_argument("--no-cell", action="store_true", help="skip the RNNCell streaming measurement")
+    pb.add_argument("--no-regimes", action="store_true",
+                    help="skip the regimes section (vanishing gradients, short sequences, cell "
+                         "loops, stacked and bidirectional layers at B = 1, each against torch)")
     pb.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar on stderr (default: when stderr is a terminal)")
     args = parser.parse_args(argv)
-    return _info(args) if args.command == "info" else _bench(args)
+    if args.command == "info":
+        return _info(args)
+    _check_bench_args(pb, args)
+    return _bench(args)
 
 
 if __name__ == "__main__":

@@ -1,172 +1,42 @@
-"""Kernel entry points: one layer in one direction, forward and BPTT, on a chosen backend.
+"""The functional floor: kernel entry points with the ``backend`` argument, and the one loop over
+layers and directions that the NumPy layers and elman.torch share.
 
-These are what the layers call. Arguments are validated here, with messages that name the
-argument and give expected vs actual, so every backend reports bad input the same way.
-Shape legend: T time steps, B batch, I input features, H hidden units.
+``rnn_forward`` / ``rnn_backward`` run one layer in one direction: defaults, allocation of the
+results, and one call of the backend object that ``elman._backend.resolve`` picks. Arguments are
+checked by the ground floor (``elman._checks``) with messages that name the argument and give
+expected vs actual, so every backend reports bad input the same way.
+``rnn_layers_forward`` / ``rnn_layers_backward`` run a stack (layers x directions) on arguments
+a layer has already checked. Shape legend: T time steps, B batch, I input features, H hidden
+units, L layers, D directions (2 when bidirectional).
 """
 
-import sys
 from collections import namedtuple
 
 import numpy as np
 
-from . import _backend, reference
+from . import _backend
+from ._checks import (FLOAT_DTYPES, NONLINEARITIES, as_array, as_lengths,  # noqa: F401
+                      check_disjoint, check_layer, check_nbytes, check_nonlinearity,
+                      check_output, check_shape, empty, optional)
 
-__all__ = ["rnn_forward", "rnn_backward", "RNNGrads", "forward_into", "backward_into"]
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-NONLINEARITIES = ("tanh", "relu")
+__all__ = ["rnn_forward", "rnn_backward", "RNNGrads", "rnn_layers_forward",
+           "rnn_layers_backward", "rnn_cell_step", "matmul"]
 
 RNNGrads = namedtuple("RNNGrads", ["grad_x", "grad_h0", "grad_weight_ih", "grad_weight_hh",
                                    "grad_bias_ih", "grad_bias_hh", "grad_norms"])
 RNNGrads.__doc__ = """Gradients of one layer and direction. ``grad_norms`` (T,) float64 holds
 ||dL/dh_t||_2 over the valid (b, j) at each step t (0 where no sequence is valid)."""
 
-
-# ----------------------------------------------------------------------------- validation
-def as_array(a, name, dtype):
-    """``a`` as an ndarray of exactly ``dtype``; TypeError otherwise (never a silent cast).
-
-    The only conversion is a byte-order swap of the same float type, which keeps every value.
-    """
-    if type(a) is np.ndarray and a.dtype is dtype:  # the common case, checked cheaply
-        return a
-    if a is None:
-        raise TypeError(f"{name} must be an array of {np.dtype(dtype).name}, got None")
-    if not isinstance(a, np.ndarray):
-        try:
-            a = np.asarray(a)
-        except Exception as exc:
-            raise TypeError(f"{name} must be an array of {np.dtype(dtype).name}, got "
-                            f"{type(a).__name__} ({exc})") from None
-    if a.dtype != dtype:
-        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") == dtype:
-            return a.astype(dtype)
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
-    return a
+_GRAD_NAMES = ("grad_weight_ih", "grad_weight_hh", "grad_bias_ih", "grad_bias_hh")
 
 
-def check_shape(a, name, expected):
-    if a.shape != tuple(expected):
-        raise ValueError(f"{name} must have shape {tuple(expected)}, got {a.shape}")
+def get_backend(backend=None):
+    """The backend object for ``backend`` ("auto" / None, "cpu", "cuda", "numpy"), resolved
+    once by a layer at construction and passed back in as ``backend=``."""
+    return _backend.resolve(backend)
 
 
-def check_nonlinearity(nonlinearity):
-    if not isinstance(nonlinearity, str):
-        raise TypeError(f"nonlinearity must be a str, 'tanh' or 'relu', got "
-                        f"{type(nonlinearity).__name__}")
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
-
-
-def check_nbytes(shape, dtype, what):
-    """Bytes of an array of ``shape`` and ``dtype``, computed exactly (Python integers); a
-    MemoryError naming ``what`` when no process could address them."""
-    n = np.dtype(dtype).itemsize
-    for d in shape:
-        n *= int(d)
-    if n > sys.maxsize:
-        raise MemoryError(f"{what} of shape {tuple(int(d) for d in shape)} and dtype "
-                          f"{np.dtype(dtype).name} needs {n} bytes, more than this process can "
-                          f"address")
-    return n
-
-
-def empty(shape, dtype, what):
-    """``np.empty`` with a MemoryError that names ``what`` (nothing is touched when it fails)."""
-    try:
-        return np.empty(shape, dtype)
-    except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big"
-        n = check_nbytes(shape, dtype, what)
-        raise MemoryError(f"cannot allocate {what} of shape {tuple(shape)} and dtype "
-                          f"{np.dtype(dtype).name} ({n} bytes)") from None
-
-
-def check_disjoint(outputs, inputs):
-    """Every output (name, array or None) must share no memory with an input or another output:
-    the kernels read inputs while they write outputs."""
-    outputs = [(n, a) for n, a in outputs if isinstance(a, np.ndarray)]
-    inputs = [(n, a) for n, a in inputs if isinstance(a, np.ndarray)]
-    for i, (name, a) in enumerate(outputs):
-        for other, b in inputs + outputs[:i]:
-            if np.may_share_memory(a, b):
-                raise ValueError(f"{name} must not share memory with {other}")
-
-
-def as_lengths(lengths, T, B):
-    """``lengths`` as a contiguous int64 (B,) array with 1 <= lengths[b] <= T, or None."""
-    if lengths is None:
-        return None
-    arr = np.asarray(lengths)
-    if arr.size == 0 and arr.dtype.kind == "f":  # [] for an empty batch: NumPy calls it float
-        arr = arr.astype(np.int64)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
-    if arr.shape != (B,):
-        raise ValueError(f"lengths must have shape ({B},) (one length per sequence), "
-                         f"got {arr.shape}")
-    if B and (arr.min() < 1 or arr.max() > T):
-        raise ValueError(f"lengths must be in [1, T] = [1, {T}], got values from "
-                         f"{arr.min()} to {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _check_layer(x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
-    """Validates one layer's input and weights; returns them (as arrays of the weights' dtype)
-    with the sizes: (x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype)."""
-    if nonlinearity not in NONLINEARITIES:
-        check_nonlinearity(nonlinearity)
-    if type(weight_hh) is not np.ndarray:
-        weight_hh = np.asarray(weight_hh)
-    dtype = weight_hh.dtype
-    if dtype is not FLOAT_DTYPES[0] and dtype is not FLOAT_DTYPES[1]:  # else already canonical
-        if dtype not in FLOAT_DTYPES:
-            raise TypeError(f"weight_hh must have dtype float32 or float64, got {dtype}")
-        dtype = FLOAT_DTYPES[0] if dtype == FLOAT_DTYPES[0] else FLOAT_DTYPES[1]  # the canonical object
-    weight_hh = as_array(weight_hh, "weight_hh", dtype)
-    if weight_hh.ndim != 2 or weight_hh.shape[0] != weight_hh.shape[1] or not weight_hh.shape[0]:
-        raise ValueError(f"weight_hh must have shape (H, H) with H >= 1, got {weight_hh.shape}")
-    H = weight_hh.shape[0]
-    x = as_array(x, "x", dtype)
-    if x.ndim != 3:
-        raise ValueError(f"x must be 3-D (T, B, I), got {x.ndim}-D with shape {x.shape}")
-    T, B, I = x.shape
-    if T == 0:
-        raise ValueError("Expected sequence length to be larger than 0 in RNN, got x with T = 0")
-    weight_ih = as_array(weight_ih, "weight_ih", dtype)
-    if weight_ih.shape != (H, I):
-        check_shape(weight_ih, "weight_ih", (H, I))
-    if bias_ih is not None:
-        bias_ih = _optional(bias_ih, "bias_ih", dtype, (H,))
-    if bias_hh is not None:
-        bias_hh = _optional(bias_hh, "bias_hh", dtype, (H,))
-    return x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype
-
-
-def check_output(a, name, dtype, shape):
-    """An array the call writes into: an ndarray of exactly ``dtype`` and ``shape``, writable,
-    C-contiguous and aligned (it is written in place, so it is never copied)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
-    check_shape(a, name, shape)
-    if not a.flags.writeable:
-        raise ValueError(f"{name} must be writable")
-    if not (a.flags.c_contiguous and a.flags.aligned):
-        raise ValueError(f"{name} must be C-contiguous and aligned (it is written in place)")
-
-
-def _optional(a, name, dtype, shape):
-    if a is None:
-        return None
-    a = as_array(a, name, dtype)
-    if a.shape != shape:
-        check_shape(a, name, shape)
-    return a
-
-
-# ----------------------------------------------------------------------------- forward
+# ----------------------------------------------------------------------------- one layer
 def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, lengths=None,
                 nonlinearity="tanh", reverse=False, *, out=None, backend=None, stream=None):
     """Fused forward of one layer in one direction.
@@ -180,14 +50,13 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
     place and results come back on the same device. ``stream`` (cuda only): a cudaStream_t int or
     a torch / CuPy stream (default: the legacy default stream).
     """
-    backend = _backend.resolve(backend, x, weight_hh, h0, out, stream=stream)
-    if backend == "cuda":  # all arrays on the host or all on one device: see _cuda_fn
-        from . import _cuda_fn
-        return _cuda_fn.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
-                                    nonlinearity, reverse, out=out, stream=stream)
-    x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype = _check_layer(
+    be = _backend.resolve(backend, x, weight_hh, h0, out, stream=stream)
+    if be.device:  # all arrays on the host or all on one device: see elman.backends.cuda
+        return be.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                              nonlinearity, reverse, out=out, stream=stream)
+    x, weight_ih, weight_hh, bias_ih, bias_hh, T, B, I, H, dtype = check_layer(
         x, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)
-    h0 = _optional(h0, "h0", dtype, (B, H))
+    h0 = optional(h0, "h0", dtype, (B, H))
     lengths = as_lengths(lengths, T, B)
     if out is None:
         out = empty((T, B, H), dtype, "out")
@@ -202,32 +71,11 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
                                         ("weight_hh", weight_hh), ("bias_ih", bias_ih),
                                         ("bias_hh", bias_hh), ("h0", h0)])
     h_n = empty((B, H), dtype, "h_n")
-    forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, nonlinearity,
-                 reverse, out, h_n)
+    be.forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, nonlinearity, reverse,
+               out, h_n)
     return out, h_n
 
 
-def forward_into(backend, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, nonlinearity,
-                 reverse, out, h_n):
-    """The kernel call of :func:`rnn_forward` on arguments that are already validated (the
-    layers' path; the compiled backend checks them again at its boundary). Writes out, h_n."""
-    if out.shape[1] == 0:
-        return
-    if backend == "cpu":
-        _backend.core().rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
-                                    nonlinearity, bool(reverse), out, h_n)
-    elif backend == "cuda":  # NumPy arrays, copied to the GPU and back (see _cuda_fn)
-        from . import _cuda_fn
-        h_n[...] = _cuda_fn.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
-                                        nonlinearity, reverse, out=out)[1]
-    else:
-        o, hn = reference.rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
-                                      nonlinearity, bool(reverse))
-        out[...] = o
-        h_n[...] = hn
-
-
-# ----------------------------------------------------------------------------- backward
 def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=None,
                  lengths=None, nonlinearity="tanh", reverse=False, bias=True, *, grads=None,
                  grad_x=None, accumulate_grad_x=False, backend=None, stream=None):
@@ -239,83 +87,148 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     array to write (or, with ``accumulate_grad_x``, add) the input gradient into.
     Returns :class:`RNNGrads`. ``backend`` and ``stream``: as :func:`rnn_forward`.
     """
-    backend = _backend.resolve(backend, x, weight_hh, out, grad_out, stream=stream)
-    if backend == "cuda":
-        from . import _cuda_fn
-        return RNNGrads(*_cuda_fn.rnn_backward(
+    be = _backend.resolve(backend, x, weight_hh, out, grad_out, stream=stream)
+    if be.device:
+        return RNNGrads(*be.rnn_backward(
             x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths, nonlinearity, reverse,
             bias, grads=grads, grad_x=grad_x, accumulate_grad_x=accumulate_grad_x, stream=stream))
-    x, weight_ih, weight_hh, _, _, T, B, I, H, dtype = _check_layer(
+    x, weight_ih, weight_hh, _, _, T, B, I, H, dtype = check_layer(
         x, weight_ih, weight_hh, None, None, nonlinearity)
     out = as_array(out, "out", dtype)
     check_shape(out, "out", (T, B, H))
-    h0 = _optional(h0, "h0", dtype, (B, H))
-    grad_out = _optional(grad_out, "grad_out", dtype, (T, B, H))
-    grad_h_n = _optional(grad_h_n, "grad_h_n", dtype, (B, H))
+    h0 = optional(h0, "h0", dtype, (B, H))
+    grad_out = optional(grad_out, "grad_out", dtype, (T, B, H))
+    grad_h_n = optional(grad_h_n, "grad_h_n", dtype, (B, H))
     lengths = as_lengths(lengths, T, B)
-    if grads is None:
-        grads = (np.zeros((H, I), dtype), np.zeros((H, H), dtype),
-                 np.zeros(H, dtype) if bias else None, np.zeros(H, dtype) if bias else None)
-    if not isinstance(grads, (tuple, list)) or len(grads) != 4:
-        raise TypeError("grads must be a tuple (grad_weight_ih, grad_weight_hh, grad_bias_ih, "
-                        "grad_bias_hh) of arrays (biases: None without bias)")
-    dW_ih, dW_hh, db_ih, db_hh = grads
-    names = ("grad_weight_ih", "grad_weight_hh", "grad_bias_ih", "grad_bias_hh")
-    for name, g, shape in zip(names, grads, ((H, I), (H, H), (H,), (H,))):
-        if g is not None:
-            check_output(g, name, dtype, shape)
+    grads = _grad_arrays(grads, bias, dtype, H, I)
     if grad_x is None:
         grad_x = empty((T, B, I), dtype, "grad_x")
         accumulate_grad_x = False
     else:
         check_output(grad_x, "grad_x", dtype, (T, B, I))
-    check_disjoint(list(zip(names, grads)) + [("grad_x", grad_x)],
+    check_disjoint(list(zip(_GRAD_NAMES, grads)) + [("grad_x", grad_x)],
                    [("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh), ("out", out),
                     ("h0", h0), ("grad_out", grad_out), ("grad_h_n", grad_h_n)])
     grad_h0 = empty((B, H), dtype, "grad_h0")
     norms = empty((T,), np.float64, "grad_norms")
-    backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
-                  nonlinearity, reverse, grads, grad_x, accumulate_grad_x, grad_h0, norms)
-    return RNNGrads(grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, norms)
+    be.backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths, nonlinearity,
+                reverse, grad_x, accumulate_grad_x, grad_h0, grads, norms)
+    return RNNGrads(grad_x, grad_h0, *grads, norms)
 
 
-def backward_into(backend, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
-                  nonlinearity, reverse, grads, grad_x, accumulate_grad_x, grad_h0, grad_norms):
-    """The kernel call of :func:`rnn_backward` on validated arguments (the layers' path).
-    Accumulates into ``grads`` (dW_ih, dW_hh, db_ih, db_hh); writes or adds grad_x (None: the
-    input gradient is not wanted and not computed); writes grad_h0 (or None) and grad_norms."""
-    dW_ih, dW_hh, db_ih, db_hh = grads
-    if out.shape[1] == 0:
-        if grad_x is not None and not accumulate_grad_x:
-            grad_x[...] = 0
-        grad_norms[...] = 0
-        return
-    if backend == "cpu":
-        _backend.core().rnn_backward(x, weight_ih, weight_hh, h0, out, grad_out, grad_h_n, lengths,
-                                     nonlinearity, bool(reverse), grad_x, bool(accumulate_grad_x),
-                                     grad_h0, dW_ih, dW_hh, db_ih, db_hh, grad_norms)
-        return
-    if backend == "cuda":
-        from . import _cuda_fn
-        r = _cuda_fn.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
-                                  nonlinearity, reverse, db_ih is not None, grads=grads,
-                                  grad_x=grad_x, accumulate_grad_x=accumulate_grad_x)
-        grad_h0[...] = r[1]
-        grad_norms[...] = r[6]
-        return
-    r = reference.rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
-                               nonlinearity, bool(reverse))
-    dtype = dW_ih.dtype
-    dW_ih += r["dW_ih"].astype(dtype)
-    dW_hh += r["dW_hh"].astype(dtype)
-    for db in (db_ih, db_hh):
-        if db is not None:
-            db += r["db"].astype(dtype)
-    if grad_x is not None:
-        if accumulate_grad_x:
-            grad_x += r["grad_x"].astype(dtype)
-        else:
-            grad_x[...] = r["grad_x"]
-    if grad_h0 is not None:
-        grad_h0[...] = r["grad_h0"]
-    grad_norms[...] = r["grad_norms"]
+def _grad_arrays(grads, bias, dtype, H, I):
+    """The (dW_ih, dW_hh, db_ih, db_hh) arrays to accumulate into: given and checked, or zeros."""
+    if grads is None:
+        return (np.zeros((H, I), dtype), np.zeros((H, H), dtype),
+                np.zeros(H, dtype) if bias else None, np.zeros(H, dtype) if bias else None)
+    if not isinstance(grads, (tuple, list)) or len(grads) != 4:
+        raise TypeError("grads must be a tuple (grad_weight_ih, grad_weight_hh, grad_bias_ih, "
+                        "grad_bias_hh) of arrays (biases: None without bias)")
+    for name, g, shape in zip(_GRAD_NAMES, grads, ((H, I), (H, H), (H,), (H,))):
+        if g is not None:
+            check_output(g, name, dtype, shape)
+    return tuple(grads)
+
+
+# ----------------------------------------------------------------------------- a stack
+def rnn_layers_forward(x, weights, h0=None, lengths=None, nonlinearity="tanh", *,
+                       bidirectional=False, dropout=None, record=True, backend=None):
+    """Every layer and direction of a stack, each direction one fused kernel call.
+
+    Arguments are already checked by the caller (a layer): x (T, B, I) C-contiguous in the
+    weights' dtype; ``weights``: one tuple (weight_ih, weight_hh, bias_ih, bias_hh) per layer and
+    direction in torch's order (l0, l0_reverse, l1, ...), biases None without bias; h0
+    (L * D, B, H) or None; lengths (B,) int64 in [1, T] or None. ``dropout``: None, or a function
+    ``(k, out) -> (next_input, mask)`` applied between layer k and k + 1 (mask: the array that
+    ``rnn_layers_backward`` multiplies the input gradient by, or None).
+    Returns ``(out, h_n, tape)``: out (T, B, D * H) of the last layer, h_n (L * D, B, H), and
+    the tape ``rnn_layers_backward`` needs (a list of (input, output, mask) per layer; None
+    unless ``record``).
+    """
+    be = _backend.resolve(backend)
+    D = 2 if bidirectional else 1
+    L = len(weights) // D
+    T, B, _ = x.shape
+    H = weights[0][1].shape[0]
+    dtype = x.dtype
+    h_n = empty((L * D, B, H), dtype, "h_n")
+    tape = [] if record else None
+    inp, mask = x, None  # mask: the dropout mask that produced inp (None: none)
+    for k in range(L):
+        out = empty((T, B, D * H), dtype, f"the output of layer {k}")
+        for d in range(D):
+            w_ih, w_hh, b_ih, b_hh = weights[k * D + d]
+            be.forward(inp, w_ih, w_hh, b_ih, b_hh, None if h0 is None else h0[k * D + d],
+                       lengths, nonlinearity, d == 1,
+                       out[:, :, d * H:(d + 1) * H] if D > 1 else out, h_n[k * D + d])
+        if record:
+            tape.append((inp, out, mask))
+        inp, mask = out, None
+        if dropout is not None and k < L - 1:
+            inp, mask = dropout(k, out)
+    return out, h_n, tape
+
+
+def rnn_layers_backward(tape, weights, grads, h0=None, lengths=None, nonlinearity="tanh",
+                        grad_out=None, grad_h_n=None, *, bidirectional=False, want_grad_x=True,
+                        want_grad_h0=True, backend=None):
+    """BPTT through a :func:`rnn_layers_forward` call, from its ``tape``.
+
+    ``grads``: one tuple (dW_ih, dW_hh, db_ih, db_hh) per layer and direction (same order as
+    ``weights``), accumulated into (+=); db_* None without bias. grad_out (T, B, D * H) and
+    grad_h_n (L * D, B, H), or None (zeros), checked by the caller.
+    Returns ``(grad_x, grad_h0, norms)``: grad_x (T, B, I) (None unless ``want_grad_x``), grad_h0
+    (L * D, B, H) (None unless ``want_grad_h0``) and the (T,) float64 per-step norms
+    ||dL/dh_t|| of every layer and direction, in order.
+    """
+    be = _backend.resolve(backend)
+    D = 2 if bidirectional else 1
+    L = len(tape)
+    T, B, _ = tape[0][0].shape
+    H = weights[0][1].shape[0]
+    dtype = tape[0][0].dtype
+    grad_h0 = empty((L * D, B, H), dtype, "grad_h0") if want_grad_h0 else None
+    norms = [None] * (L * D)
+    g_layer = grad_out
+    for k in reversed(range(L)):
+        inp, out, mask = tape[k]
+        gx = None
+        if k > 0 or want_grad_x:
+            gx = empty(inp.shape, dtype, f"the input gradient of layer {k}")
+        for d in range(D):
+            w_ih, w_hh, _, _ = weights[k * D + d]
+            cols = slice(d * H, (d + 1) * H) if D > 1 else slice(None)
+            norms[k * D + d] = np.empty(T)
+            be.backward(inp, w_ih, w_hh, out[:, :, cols], None if h0 is None else h0[k * D + d],
+                        None if g_layer is None else g_layer[:, :, cols],
+                        None if grad_h_n is None else grad_h_n[k * D + d], lengths, nonlinearity,
+                        d == 1, gx, d > 0, None if grad_h0 is None else grad_h0[k * D + d],
+                        grads[k * D + d], norms[k * D + d])
+        if mask is not None:
+            gx *= mask
+        g_layer = gx
+    return g_layer, grad_h0, norms
+
+
+# ----------------------------------------------------------------------------- one step, products
+def rnn_cell_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity, *, backend):
+    """One RNNCell step on the backend's fast path: x (B, I) or (I,), h like it or None; the
+    new state, or None when the arguments do not fit the fast path exactly (C-contiguous,
+    aligned, one dtype) or the backend has none (the layer then runs a checked one-step
+    :func:`rnn_forward`)."""
+    return _backend.resolve(backend).cell_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh,
+                                               nonlinearity)
+
+
+def matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
+    """op(a) @ op(b) (+ beta * out) on elman's own threads when the compiled kernels are
+    present, so a model's every large product shares one thread pool (NumPy's BLAS keeps its
+    own threads, which would compete with elman's for the cores); NumPy otherwise."""
+    M = a.shape[1] if trans_a else a.shape[0]
+    N = b.shape[0] if trans_b else b.shape[1]
+    if out is None:
+        out = np.empty((M, N), a.dtype)
+        beta = 0.0
+    on_kernels = _backend._core is not None and out.flags.c_contiguous and out.flags.writeable
+    _backend.resolve("cpu" if on_kernels else "numpy").matmul(a, b, out, trans_a, trans_b, beta)
+    return out

@@ -9,6 +9,7 @@ zero gradient, as torch. Losses compute in float64 and return gradients in pred'
 """
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import functional as F
 
@@ -17,20 +18,21 @@ __all__ = ["MSELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "sigmoid", "softm
 _REDUCTIONS = ("mean", "sum")
 
 
-def sigmoid(x):
+def sigmoid(x: ArrayLike) -> np.ndarray:
     """Logistic function, stable for any input (no overflow warnings)."""
     x = np.asarray(x)
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype if x.dtype.kind == "f" else np.float64)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x: ArrayLike, axis: int = -1) -> np.ndarray:
+    """``log(softmax(x))`` along ``axis``, computed stably (no overflow for large logits)."""
     x = np.asarray(x)
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
 
-def softmax(x, axis=-1):
+def softmax(x: ArrayLike, axis: int = -1) -> np.ndarray:
     """Softmax along ``axis``, stable for large logits."""
     x = np.asarray(x)
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
@@ -89,7 +91,7 @@ class _Loss:
         self._grad = (grad * scale).astype(dtype).reshape(shape)
         return total
 
-    def backward(self):
+    def backward(self) -> np.ndarray:
         """dL/dpred for the last call (pred's shape and dtype)."""
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding call")
@@ -129,7 +131,7 @@ class MSELoss(_Loss):
 class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits with the sigmoid fused: stable for any logit.
 
-    loss = max(z, 0) - z * y + log(1 + exp(-|z|)); dL/dz = sigmoid(z) - y.
+    ``loss = max(z, 0) - z * y + log(1 + exp(-abs(z)))``; ``dL/dz = sigmoid(z) - y``.
     """
 
     def __call__(self, pred, target, mask=None):

@@ -3,10 +3,11 @@
 
 import math
 from numbers import Real
+from typing import Iterable
 
 import numpy as np
 
-from .layers import Module, Parameter
+from ._module import Module, Parameter
 
 __all__ = ["SGD", "clip_grad_norm_", "clip_grad_value_", "grad_norm"]
 
@@ -89,7 +90,8 @@ def _scale_to_norm(params, norm, max_norm):
                 p.grad *= coef
 
 
-def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
+def clip_grad_norm_(params: Iterable[Parameter], max_norm: float,
+                    error_if_nonfinite: bool = True) -> float:
     """Scales all gradients in place so that their global L2 norm is at most ``max_norm``
     (coefficient max_norm / (norm + 1e-6), applied only when below 1, as torch). Returns the
     norm before clipping. A non-finite norm raises FloatingPointError and changes nothing,
@@ -105,7 +107,7 @@ def clip_grad_norm_(params, max_norm, error_if_nonfinite=True):
     return norm
 
 
-def clip_grad_value_(params, clip_value):
+def clip_grad_value_(params: Iterable[Parameter], clip_value: float) -> None:
     """Clamps every gradient element to [-clip_value, clip_value] in place (NaN stays NaN)."""
     params = _param_list(params)
     clip_value = _hyper(clip_value, "clip_value")
@@ -132,6 +134,10 @@ class SGD:
     FloatingPointError, a read-only array ValueError, a failed allocation MemoryError, and each
     leaves every parameter, gradient and momentum buffer unchanged (``error_if_nonfinite=False``
     lets a non-finite norm through, as torch would).
+
+    The hyper-parameters are attributes that may be changed between steps (a learning-rate
+    schedule); an assignment is checked as the constructor checks its argument, and a refused
+    one (``opt.lr = float("nan")``) raises and leaves the value as it was.
     """
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0,
@@ -139,22 +145,110 @@ class SGD:
         self.params = _param_list(params)
         if not self.params:
             raise ValueError("SGD got an empty parameter list")
-        self.lr = _hyper(lr, "lr")
-        self.momentum = _hyper(momentum, "momentum")
-        self.weight_decay = _hyper(weight_decay, "weight_decay")
-        self.clip_norm = _hyper(clip_norm, "clip_norm", optional=True)
-        self.clip_value = _hyper(clip_value, "clip_value", positive=True, optional=True)
-        self.nesterov = _flag(nesterov, "nesterov")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum requires a momentum > 0")
-        self.error_if_nonfinite = _flag(error_if_nonfinite, "error_if_nonfinite")
+        self._nesterov = False  # so that the momentum check below sees no Nesterov yet
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.clip_norm = clip_norm
+        self.clip_value = clip_value
+        self.nesterov = nesterov
+        self.error_if_nonfinite = error_if_nonfinite
         self._buffers = [None] * len(self.params)
 
-    def zero_grad(self):
+    @property
+    def lr(self):
+        """The learning rate: a finite number > 0, checked on assignment."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _hyper(value, "lr")
+
+    @property
+    def momentum(self):
+        """Momentum factor in [0, 1) (0: plain SGD), checked on assignment."""
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value):
+        value = _hyper(value, "momentum")
+        if self._nesterov and value == 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self._momentum = value
+
+    @property
+    def nesterov(self):
+        """Whether the momentum step is Nesterov's (needs momentum > 0)."""
+        return self._nesterov
+
+    @nesterov.setter
+    def nesterov(self, value):
+        value = _flag(value, "nesterov")
+        if value and self._momentum == 0:
+            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self._nesterov = value
+
+    @property
+    def weight_decay(self):
+        """L2 penalty factor >= 0 added to each gradient (torch's weight_decay)."""
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value):
+        self._weight_decay = _hyper(value, "weight_decay")
+
+    @property
+    def clip_norm(self):
+        """Global gradient norm to clip to before each step, or None."""
+        return self._clip_norm
+
+    @clip_norm.setter
+    def clip_norm(self, value):
+        self._clip_norm = _hyper(value, "clip_norm", optional=True)
+
+    @property
+    def clip_value(self):
+        """Bound to clamp each gradient element to before each step, or None."""
+        return self._clip_value
+
+    @clip_value.setter
+    def clip_value(self, value):
+        self._clip_value = _hyper(value, "clip_value", positive=True, optional=True)
+
+    @property
+    def error_if_nonfinite(self):
+        """Whether a non-finite gradient norm raises FloatingPointError (and changes nothing)."""
+        return self._error_if_nonfinite
+
+    @error_if_nonfinite.setter
+    def error_if_nonfinite(self, value):
+        self._error_if_nonfinite = _flag(value, "error_if_nonfinite")
+
+    def zero_grad(self) -> None:
+        """Sets every parameter's ``.grad`` to zeros."""
         for p in self.params:
             p.zero_grad()
 
-    def step(self):
+    def step(self) -> float:
+        """Clips (when ``clip_norm`` / ``clip_value`` are set) and updates every parameter in place.
+
+        Returns
+        -------
+        float
+            The global L2 norm of the gradients before clipping.
+
+        Raises
+        ------
+        FloatingPointError
+            A non-finite gradient norm (unless ``error_if_nonfinite`` is False).
+        ValueError
+            A read-only parameter or gradient.
+
+        The whole step is computed before it is committed: when anything fails, every
+        parameter, gradient and momentum buffer is left as it was. Each updated parameter's
+        version is bumped, so a ``backward`` through a forward call made before the step
+        raises instead of mixing old activations with new weights.
+        """
         clips = self.clip_norm is not None or self.clip_value is not None
         _check_writable(self.params, lambda p: [("data", p.data)] + ([("grad", p.grad)] if clips else []))
         norm = grad_norm(self.params)
@@ -190,6 +284,7 @@ class SGD:
             if buf is not None:
                 self._buffers[i] = buf
             np.copyto(p.data, data)
+            p.bump_version()  # a backward through an earlier forward would now be wrong
         return norm
 
     def __repr__(self):

@@ -12,13 +12,14 @@ parameters.
 """
 
 import warnings
+import weakref
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.overrides import has_torch_function
 
-from . import _backend, functional as F
+from . import functional as F
 
 __all__ = ["RNN", "RNNCell"]
 
@@ -52,34 +53,56 @@ def _np(t):
     return None if t is None else t.detach().numpy()
 
 
+# Zero-copy NumPy views of weight tensors, kept while the tensor lives on the same memory:
+# id(tensor) -> (weakref to it, data_ptr, view). A view costs ~1.5 us to make, a lookup ~0.3 us;
+# a short sequence or a cell step makes four of them per call. The entry goes with its tensor.
+_VIEWS: dict = {}
+
+
+def _view(t):
+    """A cached zero-copy NumPy view of the weight tensor ``t`` (None stays None)."""
+    if t is None:
+        return None
+    hit = _VIEWS.get(id(t))
+    if hit is not None and hit[0]() is t and hit[1] == t.data_ptr() and hit[2].shape == t.shape:
+        return hit[2]
+    view = t.detach().numpy()
+    key = id(t)
+    _VIEWS[key] = (weakref.ref(t, lambda _, key=key: _VIEWS.pop(key, None)), t.data_ptr(), view)
+    return view
+
+
 # ----------------------------------------------------------------------------- one layer
 # cfg = (nonlinearity, D directions, nw tensors per direction (4 with biases, else 2),
 #        lengths (B,) int64 ndarray or None, cell). The arrays are NumPy views of the tensors;
 # a cell (cell=True) takes x (B, I) or (I,) and h0 (B, H) or (H,) as one time step.
 def _layer_forward(cfg, x, h0, weights):
     """Runs every direction of one layer: x (T, B, I), h0 (D, B, H) or None, weights in torch's
-    flat order per direction. Returns out (T, B, D*H) (each direction writes its column half
-    in place) and h_n (D, B, H); a cell returns its new state only."""
+    flat order per direction. Returns out (T, B, D*H) and h_n (D, B, H); a cell returns its new
+    state only. One call of the functional floor's layer loop (the NumPy RNN's too)."""
     nonlinearity, D, nw, lengths, cell = cfg
     xn, h0n = _np(x), _np(h0)
-    wn = [_np(w) for w in weights]
-    H = wn[1].shape[0]
+    H = weights[1].shape[0]
     if cell:
+        w = _by_direction(weights, 1, nw)[0]
+        h1 = F.rnn_cell_step(xn, h0n, *w, nonlinearity, backend=None)  # the fused step
+        if h1 is not None:
+            return torch.from_numpy(h1)
         xn = xn.reshape(1, -1, xn.shape[-1])
         h0n = None if h0n is None else h0n.reshape(1, -1, H)
-    T, B, _ = xn.shape
-    out = np.empty((T, B, D * H), xn.dtype)
-    h_n = np.empty((D, B, H), xn.dtype)
-    backend = _backend.resolve(None)
-    for d in range(D):  # torch validated the shapes; the kernels check them again
-        w = wn[d * nw:(d + 1) * nw]
-        b_ih, b_hh = (w[2], w[3]) if nw == 4 else (None, None)
-        F.forward_into(backend, xn, w[0], w[1], b_ih, b_hh, None if h0n is None else h0n[d],
-                       lengths, nonlinearity, d == 1,
-                       out if D == 1 else out[:, :, d * H:(d + 1) * H], h_n[d])
+    # torch validated the shapes; the kernels check them again at their boundary
+    out, h_n, _ = F.rnn_layers_forward(xn, _by_direction(weights, D, nw), h0n, lengths,
+                                       nonlinearity, bidirectional=D == 2, record=False)
     if cell:
         return torch.from_numpy(out.reshape(x.shape[:-1] + (H,)))
     return torch.from_numpy(out), torch.from_numpy(h_n)
+
+
+def _by_direction(arrays, D, nw):
+    """Per direction (weight_ih, weight_hh, bias_ih, bias_hh) NumPy views (biases None without
+    bias) from torch's flat order."""
+    arrays = [_view(a) for a in arrays]
+    return [tuple(arrays[d * nw:(d + 1) * nw]) + (None,) * (4 - nw) for d in range(D)]
 
 
 class _Layer(torch.autograd.Function):
@@ -103,30 +126,20 @@ class _Layer(torch.autograd.Function):
         nonlinearity, D, nw, lengths, cell = ctx.cfg
         need = ctx.needs_input_grad
         xn, h0n, on, gon, ghn = _np(x), _np(h0), _np(out), _np(g_out), _np(g_hn)
-        wn = [_np(w) for w in weights]
-        H = wn[1].shape[0]
+        H = weights[1].shape[0]
         if cell:
             xn = xn.reshape(1, -1, xn.shape[-1])
             h0n = None if h0n is None else h0n.reshape(1, -1, H)
             on = on.reshape(1, -1, H)
             gon = gon.reshape(1, -1, H)
+        wn = _by_direction(weights, D, nw)
+        gw = [tuple(None if a is None else np.zeros(a.shape, a.dtype) for a in w) for w in wn]
         # the input gradient is computed only when asked for (it is one large product)
-        grad_x = np.empty(xn.shape, xn.dtype) if need[1] else None
-        grad_h0 = np.empty(h0n.shape, xn.dtype) if h0n is not None and need[2] else None
-        backend = _backend.resolve(None)
-        grad_w = []
-        for d in range(D):
-            w = wn[d * nw:(d + 1) * nw]
-            gw = [np.zeros(a.shape, a.dtype) for a in w]
-            cols = slice(d * H, (d + 1) * H)
-            F.backward_into(backend, xn, w[0], w[1], on[:, :, cols],
-                            None if h0n is None else h0n[d],
-                            None if gon is None else gon[:, :, cols],
-                            None if ghn is None else ghn[d], lengths, nonlinearity, d == 1,
-                            tuple(gw) + (None,) * (4 - nw), grad_x, d > 0,
-                            None if grad_h0 is None else grad_h0[d], np.empty(xn.shape[0]))
-            grad_w += [torch.from_numpy(g) if need[3 + d * nw + i] else None
-                       for i, g in enumerate(gw)]
+        grad_x, grad_h0, _ = F.rnn_layers_backward(
+            [(xn, on, None)], wn, gw, h0n, lengths, nonlinearity, gon, ghn,
+            bidirectional=D == 2, want_grad_x=need[1], want_grad_h0=h0n is not None and need[2])
+        grad_w = [torch.from_numpy(g) if need[3 + d * nw + i] else None
+                  for d in range(D) for i, g in enumerate(gw[d][:nw])]
         return (None,
                 torch.from_numpy(grad_x.reshape(x.shape)) if need[1] else None,
                 None if grad_h0 is None else torch.from_numpy(grad_h0.reshape(h0.shape)),
@@ -241,6 +254,8 @@ class RNN(torch.nn.RNN):
         return _convert(self, torch.nn.RNN, self._flat_weights_names, _rnn_kwargs(self), copy)
 
     def forward(self, input, hx=None):
+        """As ``torch.nn.RNN.forward`` / ``torch.nn.RNNCell.forward``: CPU float32 / float64 tensors run elman's fused kernels, anything else torch's own forward (see the class docstring).
+        """
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         weights = _current(self, self._flat_weights_names)
@@ -353,6 +368,8 @@ class RNNCell(torch.nn.RNNCell):
         return _convert(self, torch.nn.RNNCell, _cell_names(self), _cell_kwargs(self), copy)
 
     def forward(self, input, hx=None):
+        """As ``torch.nn.RNN.forward`` / ``torch.nn.RNNCell.forward``: CPU float32 / float64 tensors run elman's fused kernels, anything else torch's own forward (see the class docstring).
+        """
         weights = _current(self, _CELL_NAMES if self.bias else _CELL_NAMES[:2])
         shape = input.shape if isinstance(input, torch.Tensor) else None
         # The kernel path takes valid input only: (B, I) with B > 0 or (I,), hx of the

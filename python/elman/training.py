@@ -6,6 +6,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -27,14 +28,16 @@ class History:
     grad_norm: list = field(default_factory=list)
     evals: list = field(default_factory=list)
     seconds: float = 0.0
-    diverged_at: int = None
+    diverged_at: Optional[int] = None
 
     @property
     def steps(self):
+        """Optimizer steps taken (one per minibatch)."""
         return len(self.loss)
 
     @property
     def steps_per_second(self):
+        """Training throughput: steps / seconds (0 before any step)."""
         return self.steps / self.seconds if self.seconds > 0 else float("nan")
 
     def metric(self, name):

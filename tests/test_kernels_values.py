@@ -18,6 +18,8 @@ import elman
 from elman import functional as F, reference
 from conftest import HOST_BACKENDS, assert_close, max_abs
 
+pytestmark = pytest.mark.reliability
+
 core = pytest.importorskip("elman._core")  # the isa fixture (conftest) runs every level
 
 
@@ -205,10 +207,12 @@ def test_saturated_layer_has_exactly_zero_gradients(isa, dtype):
 # ------------------------------------------------------------------------------ subnormals, zeros
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("act", ["tanh", "relu"])
-def test_subnormals_pass_through_unflushed(isa, dtype, act):
+@pytest.mark.parametrize("flush", [False, True])
+def test_subnormals_pass_through_or_flush_as_the_mode_says(isa, dtype, act, flush):
     """x W_ih^T with W_ih = I and nothing else: z = x exactly, and tanh(z) = relu(z) = z for a
-    positive subnormal, so out must equal x bit for bit (a flush-to-zero mode would give 0).
-    B = 64, H = 32 is split across the worker threads, so their mode is checked too."""
+    positive subnormal, so with exact arithmetic out must equal x bit for bit, and with
+    flush-to-zero (the default) every subnormal result is 0. B = 64, H = 32 is split across the
+    worker threads, so their mode is checked too; the caller's own mode is never changed."""
     tiny = np.finfo(dtype).smallest_subnormal
     T, B, H = 3, 64, 32
     x = (tiny * np.arange(1, T * B * H + 1).reshape(T, B, H) % 1000 + 1) * tiny
@@ -217,16 +221,20 @@ def test_subnormals_pass_through_unflushed(isa, dtype, act):
     W_ih = np.eye(H, dtype=dtype)
     W_hh = np.zeros((H, H), dtype)
     previous = elman.get_num_threads()
+    previous_mode = elman.set_flush_denormal(flush)
     try:
         for threads in (1, 2):
             elman.set_num_threads(threads)
             out, h_n = F.rnn_forward(x, W_ih, W_hh, nonlinearity=act, backend="cpu")
-            np.testing.assert_array_equal(out, x)
-            np.testing.assert_array_equal(h_n, x[-1])
+            expected = np.zeros_like(x) if flush else x
+            np.testing.assert_array_equal(out, expected)
+            np.testing.assert_array_equal(h_n, expected[-1])
+            # the calling thread's mode is untouched: NumPy still makes subnormals here
+            assert (x * dtype(1)).min() > 0 and np.finfo(dtype).smallest_normal * dtype(0.5) > 0
             np.testing.assert_array_equal(core._testing.tanh(x), x)
-            np.testing.assert_array_equal(core._testing.tanh(-x), -x)
     finally:
         elman.set_num_threads(previous)
+        elman.set_flush_denormal(previous_mode)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -302,7 +310,7 @@ def test_importing_and_calling_elman_leaves_the_fp_mode_alone():
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_reliability_values import _mxcsr_probe
+        from test_kernels_values import _mxcsr_probe
         read, _ = _mxcsr_probe()
         start = read() & {CONTROL}
         assert start & ({FTZ} | {DAZ}) == 0, hex(start)

@@ -16,7 +16,10 @@ import pytest
 
 import elman
 
-pytestmark = pytest.mark.skipif("cpu" not in elman.backends(), reason="the compiled backend is missing")
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.skipif("cpu" not in elman.backends(), reason="the compiled backend is missing"),
+]
 N_THREADS = 8
 
 
@@ -243,7 +246,7 @@ def test_a_fresh_process_computes_the_same_bits():
         import elman
         elman.set_num_threads(2)
         sys.path.insert(0, sys.argv[1])
-        from test_reliability_threads import _model, _train_steps
+        from test_threads import _model, _train_steps
         h = hashlib.sha256()
         for i in range(4):
             for step in _train_steps(*_model(i), steps=1):

@@ -13,6 +13,8 @@ import elman
 from elman import Parameter
 from elman.losses import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 
+pytestmark = pytest.mark.reliability
+
 
 def _params(grads, dtype=np.float32):
     out = []

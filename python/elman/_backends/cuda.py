@@ -1,17 +1,26 @@
-"""The cuda backend of ``elman.functional`` (split out so that functional stays small): takes
-every array on the host (NumPy: copied to the GPU and back, the call waits) or every array on
-one CUDA device (torch, CuPy, anything with ``__cuda_array_interface__`` or ``__dlpack__``:
-used in place, queued on ``stream``), validates with functional's messages, and calls
-elman._cuda. Mixing host and device arrays is a TypeError naming both."""
+"""The cuda backend (elman._cuda): takes every array on the host (NumPy: copied to the GPU and
+back, the call waits) or every array on one CUDA device (torch, CuPy, anything with
+``__cuda_array_interface__`` or ``__dlpack__``: used in place, queued on ``stream``), validates
+with the ground floor's messages, and calls elman._cuda. Mixing host and device arrays is a
+TypeError naming both. ``rnn_forward`` / ``rnn_backward`` here are the functional floor's full
+contract for this backend (device results are allocated with the caller's array library);
+:class:`CudaBackend` is the backend object the layers use."""
 
 import sys
 
 import numpy as np
 
-from . import _backend, _device
-from .functional import as_array, as_lengths, check_nonlinearity, check_shape
+from .. import _device
+from . import empty_batch_backward, host_matmul
+from .._checks import as_array, as_lengths, check_nonlinearity, check_shape
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _compiled():
+    """elman._cuda (present: this backend is resolved only when it imported and found a GPU)."""
+    from .. import _cuda
+    return _cuda
 
 
 class DeviceArray:
@@ -20,7 +29,7 @@ class DeviceArray:
     ``get()`` copies it to a NumPy array."""
 
     def __init__(self, shape, dtype, device, zero=False):
-        cuda = _backend.cuda()
+        cuda = _compiled()
         self.shape, self.dtype, self.device = tuple(shape), np.dtype(dtype), device
         cuda.set_device(device)
         self._buf = cuda.Buffer(max(1, int(np.prod(self.shape)) * self.dtype.itemsize))
@@ -36,7 +45,7 @@ class DeviceArray:
     def get(self):
         host = np.empty(self.shape, self.dtype)
         self._buf.download(host, 0)
-        _backend.cuda().synchronize(0)
+        _compiled().synchronize(0)
         return host
 
 
@@ -72,7 +81,7 @@ class _Operands:
         self.objects = present
         self.views = {}
         if self.on_device:
-            cuda = _backend.cuda()
+            cuda = _compiled()
             for k in dev:
                 self.views[k] = _device.describe(present[k], k, cuda, self.stream)
             devices = {v.device for v in self.views.values() if v.device is not None}
@@ -153,7 +162,7 @@ class _Staging:
     """Host mode: device copies of host arrays, and the copies back after the call."""
 
     def __init__(self, stream):
-        self.cuda, self.stream, self.keep, self.back = _backend.cuda(), stream, [], []
+        self.cuda, self.stream, self.keep, self.back = _compiled(), stream, [], []
 
     def put(self, a):
         if a is None:
@@ -189,7 +198,7 @@ def _lengths_ptr(lengths, T, B, ops, keep):
     lengths = as_lengths(lengths, T, B)
     if lengths is None:
         return 0, None
-    cuda = _backend.cuda()
+    cuda = _compiled()
     buf = cuda.Buffer(lengths.nbytes)
     buf.upload(lengths, ops.stream)
     keep.append((buf, lengths))
@@ -198,7 +207,7 @@ def _lengths_ptr(lengths, T, B, ops, keep):
 
 def _sync_producers(ops):
     """Work queued on our stream waits for the streams the arrays' producers named."""
-    cuda = _backend.cuda()
+    cuda = _compiled()
     for v in ops.views.values():
         if isinstance(v.stream, int) and v.stream != ops.stream:
             cuda.stream_wait(ops.stream, v.stream)
@@ -217,7 +226,7 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
     b_ih, b_hh = ops.get("bias_ih", dtype, (H,)), ops.get("bias_hh", dtype, (H,))
     h0a = ops.get("h0", dtype, (B, H))
     outa = ops.get("out", dtype, (T, B, H))
-    cuda = _backend.cuda()
+    cuda = _compiled()
     keep = []
     if not ops.on_device:
         if out is None:
@@ -282,7 +291,7 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     gxa = ops.get("grad_x", dtype, (T, B, I))
     if grad_x is None:
         accumulate_grad_x = False
-    cuda = _backend.cuda()
+    cuda = _compiled()
     keep = []
 
     if not ops.on_device:
@@ -340,3 +349,41 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     if host_lengths is not None:
         cuda.synchronize(ops.stream)
     return (gx, gh0, *dW, norms)
+
+
+class CudaBackend:
+    """The backend object for host (NumPy) arrays on the GPU: each call copies its arrays to the
+    device and the results back (see ``elman._backends`` for the interface)."""
+
+    name = "cuda"
+    cell_step_fast = False  # cell_step can return a result (else always None)
+    device = True
+
+    rnn_forward = staticmethod(rnn_forward)    # the functional floor's full contract
+    rnn_backward = staticmethod(rnn_backward)
+
+    def forward(self, x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths, nonlinearity,
+                reverse, out, h_n):
+        if out.shape[1] == 0:
+            return
+        h_n[...] = rnn_forward(x, weight_ih, weight_hh, bias_ih, bias_hh, h0, lengths,
+                               nonlinearity, reverse, out=out)[1]
+
+    def backward(self, x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                 nonlinearity, reverse, grad_x, accumulate_grad_x, grad_h0, grads, grad_norms):
+        if out.shape[1] == 0:
+            empty_batch_backward(grad_x, accumulate_grad_x, grad_norms)
+            return
+        r = rnn_backward(x, weight_ih, weight_hh, out, h0, grad_out, grad_h_n, lengths,
+                         nonlinearity, reverse, grads[2] is not None, grads=grads,
+                         grad_x=grad_x, accumulate_grad_x=accumulate_grad_x)
+        if grad_h0 is not None:
+            grad_h0[...] = r[1]
+        if grad_norms is not None:
+            grad_norms[...] = r[6]
+
+    def cell_step(self, x, h, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
+        return None
+
+    def matmul(self, a, b, out, trans_a, trans_b, beta):
+        host_matmul(a, b, out, trans_a, trans_b, beta)

@@ -9,6 +9,8 @@ pytest.importorskip("elman._core")
 import _binding_cases  # noqa: E402
 from isolation import run_cases  # noqa: E402
 
+pytestmark = pytest.mark.reliability
+
 
 @pytest.fixture(scope="module")
 def results():
