@@ -15,7 +15,7 @@ from elman import _backend
 
 def ulp_errors(x):
     core = _backend.core()
-    y = core.tanh(x)
+    y = core._testing.tanh(x)
     t = np.tanh(x.astype(np.float64))
     ulp = np.spacing(np.abs(t).astype(np.float32)).astype(np.float64)
     finite = np.isfinite(x)

@@ -113,6 +113,25 @@ void rnn_forward_cpu(const RnnForwardArgs<scalar_t>& a);
 template <typename scalar_t>
 void rnn_backward_cpu(const RnnBackwardArgs<scalar_t>& a);
 
+// One step of an RNNCell (streaming inference, one time step per call), for B rows:
+//   h1[b] = f(W_ih x[b] + b_ih + W_hh h[b] + b_hh),   f = tanh | relu
+// Every array contiguous. Small steps (see kSmallCellStep) take a few microseconds, so a binding
+// calls them without releasing the GIL; larger ones go through the BLAS.
+template <typename scalar_t>
+struct RnnCellArgs {
+  int64_t B = 0, I = 0, H = 0;
+  Activation act = Activation::tanh;
+  RnnWeights<scalar_t> w;        // W_ih [H, I], W_hh [H, H], b_ih / b_hh [H] or nullptr
+  const scalar_t* x = nullptr;   // [B, I]
+  const scalar_t* h = nullptr;   // [B, H], or nullptr for zeros
+  scalar_t* h1 = nullptr;        // [B, H] written
+};
+// Up to this many multiply-adds, B * H * (I + H), a step is one pass of dot products on the
+// calling thread (no packing, no BLAS call): B = 1 at H = 64 costs well under a microsecond.
+constexpr int64_t kSmallCellStep = 262144;
+template <typename scalar_t>
+void rnn_cell_step_cpu(const RnnCellArgs<scalar_t>& a);
+
 // A dense product on elman's threads, for the layers around the recurrence (elman.Linear), so
 // that a model's every large product shares one thread pool:
 //   C [M, N] = op(A) op(B) + beta * C,  op(X) = X^T when trans_X; row-major with strides ld*.

@@ -133,14 +133,14 @@ def test_cell_linear_embedding_losses_any_layout(backend_any, view):
 def test_size_check_is_exact_in_64_bits_without_allocating():
     core = pytest.importorskip("elman._core")
     # exact products beyond 2^31 and 2^32 (each would be wrong in 32-bit arithmetic)
-    assert core.checked_nbytes([2**31 + 1], 4) == (2**31 + 1) * 4
-    assert core.checked_nbytes([100_000, 30_000, 1024], 4) == 100_000 * 30_000 * 1024 * 4
-    assert core.checked_nbytes([2**20, 2**20, 2**20], 4) == 2**62
-    assert core.checked_nbytes([0, 2**62], 8) == 0
+    assert core._testing.checked_nbytes([2**31 + 1], 4) == (2**31 + 1) * 4
+    assert core._testing.checked_nbytes([100_000, 30_000, 1024], 4) == 100_000 * 30_000 * 1024 * 4
+    assert core._testing.checked_nbytes([2**20, 2**20, 2**20], 4) == 2**62
+    assert core._testing.checked_nbytes([0, 2**62], 8) == 0
     for shape, itemsize in (([2**40, 2**40], 1), ([2**31, 2**31], 4), ([2**21, 2**21, 2**21], 1),
                             ([2**62], 2), ([3, 2**62], 1)):
         with pytest.raises(MemoryError, match="needs more than 2\\^63 bytes"):
-            core.checked_nbytes(shape, itemsize)
+            core._testing.checked_nbytes(shape, itemsize)
     assert F.check_nbytes((2**31 + 1, 3), np.float32, "x") == (2**31 + 1) * 12
     with pytest.raises(MemoryError, match=r"out of shape \(1073741824, 1073741824, 16\) and dtype "
                                           r"float32 needs 73786976294838206464 bytes"):
@@ -190,7 +190,7 @@ def test_blas_products_split_around_32_bit_sizes(limits):
                  h0=rng.uniform(-1, 1, (B, H)).astype(dtype))
         cases.append((c, rng.standard_normal((T, B, H)).astype(dtype), dtype))
     try:
-        core._set_blas_limits(*limits)
+        core._testing._set_blas_limits(*limits)
         for c, g, dtype in cases:
             for L in (None, lengths):
                 out, h_n = F.rnn_forward(**c, lengths=L, backend="cpu")
@@ -208,7 +208,7 @@ def test_blas_products_split_around_32_bit_sizes(limits):
             A = rng.standard_normal((9, 8)).astype(dtype)
             Bm = rng.standard_normal((8, 11)).astype(dtype)
             C = np.full((9, 11), np.nan, dtype)  # beta = 0: C's old contents are never read
-            core.blas_gemm(A, Bm, C)
+            core._testing.blas_gemm(A, Bm, C)
             assert_close(C, A.astype(np.float64) @ Bm, dtype, "weight")
     finally:
-        core._set_blas_limits(2**30, 2**31 - 1)
+        core._testing._set_blas_limits(2**30, 2**31 - 1)

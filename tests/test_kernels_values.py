@@ -181,7 +181,7 @@ def test_tanh_saturates_to_exactly_one(isa, dtype):
     x = np.concatenate([np.linspace(start, start + 2, 20001), np.geomspace(start + 2, 1e300 if dtype == np.float64
                                                                                else 3e38, 2000),
                         [np.finfo(dtype).max, np.inf]]).astype(dtype)
-    y = core.tanh(np.concatenate([x, -x]))
+    y = core._testing.tanh(np.concatenate([x, -x]))
     np.testing.assert_array_equal(y, np.concatenate([np.ones_like(x), -np.ones_like(x)]))
     assert (1 - y * y == 0).all()  # so the derivative the kernels compute is exactly 0
 
@@ -231,8 +231,7 @@ def test_subnormals_pass_through_or_flush_as_the_mode_says(isa, dtype, act, flus
             np.testing.assert_array_equal(h_n, expected[-1])
             # the calling thread's mode is untouched: NumPy still makes subnormals here
             assert (x * dtype(1)).min() > 0 and np.finfo(dtype).smallest_normal * dtype(0.5) > 0
-            np.testing.assert_array_equal(core._testing.tanh(x) if hasattr(core, "_testing")
-                                          else core.tanh(x), x)
+            np.testing.assert_array_equal(core._testing.tanh(x), x)
     finally:
         elman.set_num_threads(previous)
         elman.set_flush_denormal(previous_mode)
@@ -243,7 +242,7 @@ def test_signed_zeros(isa, dtype):
     """tanh(+-0) = +-0; all-zero inputs of either sign give the reference's zeros (same sign
     bits) and the gradients of tanh'(0) = 1."""
     z = np.array([0.0, -0.0] * 20, dtype)
-    np.testing.assert_array_equal(np.signbit(core.tanh(z)), np.signbit(z))
+    np.testing.assert_array_equal(np.signbit(core._testing.tanh(z)), np.signbit(z))
     T, B, I, H = 3, 7, 5, 17
     for sign in (1.0, -1.0):
         zero = dtype(sign * 0.0)

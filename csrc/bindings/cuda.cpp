@@ -1,17 +1,21 @@
-// elman._cuda: the CUDA backend's entry points on raw device pointers, device queries, a small
-// owning device buffer for staging NumPy arrays, and a DLPack reader. Python (elman._cuda_fn)
-// validates shapes, dtypes and devices before calling; this file releases the GIL and calls.
+// elman._cuda: the CUDA backend's entry points, with the keyword signature of elman._core's and
+// device array descriptions (elman._device.DeviceView) in place of NumPy arrays, validated by the
+// same boundary (args.h) before any CUDA call; device queries, a small owning device buffer for
+// staging NumPy arrays, and a DLPack reader.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "../cuda/runtime.h"
 #include "../rnn.h"
+#include "args.h"
 
 namespace py = pybind11;
 using namespace elman;
+using namespace elman::bind;
 
 namespace {
 
@@ -46,35 +50,134 @@ class Buffer {
   void* p_;
 };
 
+ForwardArrays forward_arrays(py::handle x, py::handle W_ih, py::handle W_hh, py::handle b_ih,
+                             py::handle b_hh, py::handle h0, py::handle lengths, py::handle out,
+                             py::handle h_n) {
+  return ForwardArrays{Array::described(x, "x"),       Array::described(W_ih, "W_ih"),
+                       Array::described(W_hh, "W_hh"), Array::described(b_ih, "b_ih"),
+                       Array::described(b_hh, "b_hh"), Array::described(h0, "h0"),
+                       Array::numpy(lengths, "lengths"), Array::described(out, "out"),
+                       Array::described(h_n, "h_n")};
+}
+
+BackwardArrays backward_arrays(py::handle x, py::handle W_ih, py::handle W_hh, py::handle h0,
+                               py::handle out, py::handle grad_out, py::handle grad_h_n,
+                               py::handle lengths, py::handle grad_x, py::handle grad_h0,
+                               py::handle dW_ih, py::handle dW_hh, py::handle db_ih,
+                               py::handle db_hh, py::handle grad_norms) {
+  return BackwardArrays{
+      Array::described(x, "x"),           Array::described(W_ih, "W_ih"),
+      Array::described(W_hh, "W_hh"),     Array::described(h0, "h0"),
+      Array::described(out, "out"),       Array::described(grad_out, "grad_out"),
+      Array::described(grad_h_n, "grad_h_n"), Array::numpy(lengths, "lengths"),
+      Array::described(grad_x, "grad_x"), Array::described(grad_h0, "grad_h0"),
+      Array::described(dW_ih, "dW_ih"),   Array::described(dW_hh, "dW_hh"),
+      Array::described(db_ih, "db_ih"),   Array::described(db_hh, "db_hh"),
+      Array::described(grad_norms, "grad_norms")};
+}
+
+// The validated arguments and the one device every array is on.
 template <typename T>
-T* P(uintptr_t p) {
-  return reinterpret_cast<T*>(p);
+RnnForwardArgs<T> forward_on_device(ForwardArrays& a, const std::string& nonlinearity, bool reverse,
+                                    int* device) {
+  RnnForwardArgs<T> r = forward_args<T>(a, nonlinearity, reverse);
+  *device = common_device({&a.x, &a.W_ih, &a.W_hh, &a.b_ih, &a.b_hh, &a.h0, &a.out, &a.h_n});
+  return r;
+}
+template <typename T>
+RnnBackwardArgs<T> backward_on_device(BackwardArrays& a, const std::string& nonlinearity,
+                                      bool reverse, bool accumulate_grad_x, int* device) {
+  RnnBackwardArgs<T> r = backward_args<T>(a, nonlinearity, reverse, accumulate_grad_x);
+  *device = common_device({&a.x, &a.W_ih, &a.W_hh, &a.h0, &a.out, &a.grad_out, &a.grad_h_n,
+                           &a.grad_x, &a.grad_h0, &a.dW_ih, &a.dW_hh, &a.db_ih, &a.db_hh,
+                           &a.grad_norms});
+  return r;
 }
 
-Activation act_of(const std::string& s) {
-  if (s == "tanh") return Activation::tanh;
-  if (s == "relu") return Activation::relu;
-  throw py::value_error("Unknown nonlinearity '" + s + "'. Select from 'tanh' or 'relu'.");
+// The checked host lengths (or none) in device memory for one call: copied on the call's stream,
+// freed in stream order after the work queued before this object ends (nothing waits).
+class DeviceLengths {
+ public:
+  DeviceLengths(const RnnShape& sh, void* stream) {
+    if (sh.lengths) copy_.emplace(sh.lengths, size_t(sh.B) * sizeof(int64_t), stream);
+  }
+  const int64_t* get() const {
+    return copy_ ? static_cast<const int64_t*>(copy_->get()) : nullptr;
+  }
+
+ private:
+  std::optional<cuda::StreamCopy> copy_;
+};
+
+template <typename T>
+void forward_cuda(ForwardArrays& arrays, const std::string& nonlinearity, bool reverse,
+                  uintptr_t stream, int tier) {
+  int device = 0;
+  RnnForwardArgs<T> a = forward_on_device<T>(arrays, nonlinearity, reverse, &device);
+  CudaLaunch l;
+  l.stream = reinterpret_cast<void*>(stream);
+  l.tier = tier;
+  py::gil_scoped_release nogil;
+  cuda::set_device(device);
+  const DeviceLengths lengths(a.shape, l.stream);
+  a.shape.lengths = lengths.get();
+  rnn_forward_cuda<T>(a, l);
 }
 
-RnnShape shape_of(int64_t T, int64_t B, int64_t I, int64_t H, const std::string& act, bool reverse,
-                  uintptr_t lengths) {
-  RnnShape sh;
-  sh.T = T, sh.B = B, sh.I = I, sh.H = H;
-  sh.act = act_of(act);
-  sh.reverse = reverse;
-  sh.lengths = P<const int64_t>(lengths);
-  return sh;
+template <typename T>
+void backward_cuda(BackwardArrays& arrays, const std::string& nonlinearity, bool reverse,
+                   bool accumulate_grad_x, uintptr_t stream, int tier) {
+  int device = 0;
+  RnnBackwardArgs<T> a =
+      backward_on_device<T>(arrays, nonlinearity, reverse, accumulate_grad_x, &device);
+  CudaLaunch l;
+  l.stream = reinterpret_cast<void*>(stream);
+  l.tier = tier;
+  py::gil_scoped_release nogil;
+  cuda::set_device(device);
+  const DeviceLengths lengths(a.shape, l.stream);
+  a.shape.lengths = lengths.get();
+  rnn_backward_cuda<T>(a, l);
 }
 
-template <typename F>
-void by_dtype(const std::string& dtype, F&& f) {
-  if (dtype == "float32")
-    f(float{});
-  else if (dtype == "float64")
-    f(double{});
-  else
-    throw py::type_error("dtype must be float32 or float64, got " + dtype);
+// What the boundary made of the arguments, for its tests (no CUDA call, no memory read).
+py::dict shape_dict(const RnnShape& sh, int device) {
+  py::dict d;
+  d["T"] = sh.T, d["B"] = sh.B, d["I"] = sh.I, d["H"] = sh.H;
+  d["nonlinearity"] = sh.act == Activation::relu ? "relu" : "tanh";
+  d["reverse"] = sh.reverse;
+  d["lengths"] = reinterpret_cast<uintptr_t>(sh.lengths);
+  d["device"] = device;
+  return d;
+}
+uintptr_t addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+
+template <typename T>
+py::dict forward_checked(ForwardArrays& arrays, const std::string& nonlinearity, bool reverse) {
+  int device = 0;
+  const RnnForwardArgs<T> a = forward_on_device<T>(arrays, nonlinearity, reverse, &device);
+  py::dict d = shape_dict(a.shape, device);
+  d["x"] = addr(a.x), d["W_ih"] = addr(a.w.W_ih), d["W_hh"] = addr(a.w.W_hh);
+  d["b_ih"] = addr(a.w.b_ih), d["b_hh"] = addr(a.w.b_hh), d["h0"] = addr(a.h0);
+  d["out"] = addr(a.out), d["ld_out"] = a.ld_out, d["h_n"] = addr(a.h_n);
+  return d;
+}
+
+template <typename T>
+py::dict backward_checked(BackwardArrays& arrays, const std::string& nonlinearity, bool reverse,
+                          bool accumulate_grad_x) {
+  int device = 0;
+  const RnnBackwardArgs<T> a =
+      backward_on_device<T>(arrays, nonlinearity, reverse, accumulate_grad_x, &device);
+  py::dict d = shape_dict(a.shape, device);
+  d["x"] = addr(a.x), d["W_ih"] = addr(a.w.W_ih), d["W_hh"] = addr(a.w.W_hh);
+  d["h0"] = addr(a.h0), d["out"] = addr(a.out), d["ld_out"] = a.ld_out;
+  d["grad_out"] = addr(a.grad_out), d["ld_grad_out"] = a.ld_grad_out;
+  d["grad_h_n"] = addr(a.grad_h_n), d["grad_x"] = addr(a.grad_x);
+  d["accumulate_grad_x"] = a.accumulate_grad_x, d["grad_h0"] = addr(a.grad_h0);
+  d["dW_ih"] = addr(a.dW_ih), d["dW_hh"] = addr(a.dW_hh), d["db_ih"] = addr(a.db_ih);
+  d["db_hh"] = addr(a.db_hh), d["grad_norms"] = addr(a.grad_norms);
+  return d;
 }
 
 // DLPack (v0.x ABI), read without taking ownership: the capsule stays alive while the caller
@@ -112,6 +215,52 @@ py::dict dlpack_info(py::capsule cap) {
   return d;
 }
 
+// Defines `name` with _core.rnn_forward's keyword signature plus stream and tier; `run(tag, arrays,
+// nonlinearity, reverse, stream, tier)` does the work for the dtype of x (tag: float or double).
+template <typename Run>
+void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
+  m.def(
+      name,
+      [run](py::handle x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
+            py::handle h0, py::handle lengths, const std::string& nonlinearity, bool reverse,
+            py::handle out, py::handle h_n, uintptr_t stream, int tier) {
+        ForwardArrays a = forward_arrays(x, W_ih, W_hh, b_ih, b_hh, h0, lengths, out, h_n);
+        py::object result;
+        dispatch_dtype(a.x, [&](auto tag) {
+          result = run(tag, a, nonlinearity, reverse, stream, tier);
+        });
+        return result;
+      },
+      py::arg("x"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"),
+      py::arg("lengths"), py::arg("nonlinearity"), py::arg("reverse"), py::arg("out"), py::arg("h_n"),
+      py::arg("stream") = 0, py::arg("tier") = 0, doc);
+}
+
+// The same for _core.rnn_backward's signature.
+template <typename Run>
+void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
+  m.def(
+      name,
+      [run](py::handle x, py::handle W_ih, py::handle W_hh, py::handle h0, py::handle out,
+            py::handle grad_out, py::handle grad_h_n, py::handle lengths,
+            const std::string& nonlinearity, bool reverse, py::handle grad_x,
+            bool accumulate_grad_x, py::handle grad_h0, py::handle dW_ih, py::handle dW_hh,
+            py::handle db_ih, py::handle db_hh, py::handle grad_norms, uintptr_t stream, int tier) {
+        BackwardArrays a = backward_arrays(x, W_ih, W_hh, h0, out, grad_out, grad_h_n, lengths,
+                                           grad_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, grad_norms);
+        py::object result;
+        dispatch_dtype(a.x, [&](auto tag) {
+          result = run(tag, a, nonlinearity, reverse, accumulate_grad_x, stream, tier);
+        });
+        return result;
+      },
+      py::arg("x"), py::arg("W_ih"), py::arg("W_hh"), py::arg("h0"), py::arg("out"), py::arg("grad_out"),
+      py::arg("grad_h_n"), py::arg("lengths"), py::arg("nonlinearity"), py::arg("reverse"),
+      py::arg("grad_x"), py::arg("accumulate_grad_x"), py::arg("grad_h0"), py::arg("dW_ih"),
+      py::arg("dW_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("grad_norms"),
+      py::arg("stream") = 0, py::arg("tier") = 0, doc);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -143,66 +292,37 @@ PYBIND11_MODULE(_cuda, m) {
       .def("upload", &Buffer::upload)
       .def("download", &Buffer::download);
 
-  m.def(
-      "rnn_forward",
-      [](const std::string& dtype, int64_t T, int64_t B, int64_t I, int64_t H, const std::string& act,
-         bool reverse, uintptr_t x, uintptr_t W_ih, uintptr_t W_hh, uintptr_t b_ih, uintptr_t b_hh,
-         uintptr_t h0, uintptr_t lengths, uintptr_t out, int64_t ld_out, uintptr_t h_n, int device,
+  def_forward(
+      m, "rnn_forward",
+      [](auto tag, ForwardArrays& a, const std::string& nl, bool reverse, uintptr_t stream,
+         int tier) {
+        forward_cuda<decltype(tag)>(a, nl, reverse, stream, tier);
+        return py::object(py::none());
+      },
+      "Fused forward of one layer and direction on device arrays (elman._device.DeviceView; "
+      "lengths: host int64), queued on `stream`; the arguments of elman._core.rnn_forward.");
+  def_backward(
+      m, "rnn_backward",
+      [](auto tag, BackwardArrays& a, const std::string& nl, bool reverse, bool acc,
          uintptr_t stream, int tier) {
-        by_dtype(dtype, [&](auto tag) {
-          using T_ = decltype(tag);
-          RnnForwardArgs<T_> a;
-          a.shape = shape_of(T, B, I, H, act, reverse, lengths);
-          a.w = RnnWeights<T_>{P<const T_>(W_ih), P<const T_>(W_hh), P<const T_>(b_ih), P<const T_>(b_hh)};
-          a.x = P<const T_>(x);
-          a.h0 = P<const T_>(h0);
-          a.out = P<T_>(out);
-          a.ld_out = ld_out;
-          a.h_n = P<T_>(h_n);
-          CudaLaunch l;
-          l.stream = reinterpret_cast<void*>(stream);
-          l.tier = tier;
-          py::gil_scoped_release nogil;
-          cuda::set_device(device);
-          rnn_forward_cuda<T_>(a, l);
-        });
+        backward_cuda<decltype(tag)>(a, nl, reverse, acc, stream, tier);
+        return py::object(py::none());
       },
-      "Fused forward of one layer and direction on device pointers (validated by the caller).");
+      "Fused BPTT of one layer and direction on device arrays, queued on `stream`; the arguments "
+      "of elman._core.rnn_backward.");
 
-  m.def(
-      "rnn_backward",
-      [](const std::string& dtype, int64_t T, int64_t B, int64_t I, int64_t H, const std::string& act,
-         bool reverse, uintptr_t x, uintptr_t W_ih, uintptr_t W_hh, uintptr_t h0, uintptr_t out,
-         int64_t ld_out, uintptr_t grad_out, int64_t ld_grad_out, uintptr_t grad_h_n, uintptr_t lengths,
-         uintptr_t grad_x, bool accumulate_grad_x, uintptr_t grad_h0, uintptr_t dW_ih, uintptr_t dW_hh,
-         uintptr_t db_ih, uintptr_t db_hh, uintptr_t grad_norms, int device, uintptr_t stream, int tier) {
-        by_dtype(dtype, [&](auto tag) {
-          using T_ = decltype(tag);
-          RnnBackwardArgs<T_> a;
-          a.shape = shape_of(T, B, I, H, act, reverse, lengths);
-          a.w = RnnWeights<T_>{P<const T_>(W_ih), P<const T_>(W_hh), nullptr, nullptr};
-          a.x = P<const T_>(x);
-          a.h0 = P<const T_>(h0);
-          a.out = P<const T_>(out);
-          a.ld_out = ld_out;
-          a.grad_out = P<const T_>(grad_out);
-          a.ld_grad_out = ld_grad_out;
-          a.grad_h_n = P<const T_>(grad_h_n);
-          a.grad_x = P<T_>(grad_x);
-          a.accumulate_grad_x = accumulate_grad_x;
-          a.grad_h0 = P<T_>(grad_h0);
-          a.dW_ih = P<T_>(dW_ih);
-          a.dW_hh = P<T_>(dW_hh);
-          a.db_ih = P<T_>(db_ih);
-          a.db_hh = P<T_>(db_hh);
-          a.grad_norms = P<double>(grad_norms);
-          CudaLaunch l;
-          l.stream = reinterpret_cast<void*>(stream);
-          l.tier = tier;
-          py::gil_scoped_release nogil;
-          cuda::set_device(device);
-          rnn_backward_cuda<T_>(a, l);
-        });
+  py::module_ testing = m.def_submodule("_testing", "Hooks for elman's tests (not an API)");
+  def_forward(
+      testing, "forward_args",
+      [](auto tag, ForwardArrays& a, const std::string& nl, bool reverse, uintptr_t, int) {
+        return py::object(forward_checked<decltype(tag)>(a, nl, reverse));
       },
-      "Fused BPTT of one layer and direction on device pointers (validated by the caller).");
+      "rnn_forward's validation alone: what it passes to the kernels (sizes, pointers, strides).");
+  def_backward(
+      testing, "backward_args",
+      [](auto tag, BackwardArrays& a, const std::string& nl, bool reverse, bool acc, uintptr_t,
+         int) {
+        return py::object(backward_checked<decltype(tag)>(a, nl, reverse, acc));
+      },
+      "rnn_backward's validation alone: what it passes to the kernels (sizes, pointers, strides).");
 }

@@ -8,14 +8,17 @@
 
 #include "../cuda/algo.h"
 #include "../cuda/sim.h"
+#include "args.h"
 
 namespace py = pybind11;
 using namespace elman;
 using namespace elman::cuda;
+using namespace elman::bind;
 
 namespace {
 
-// Tests pass arrays of the right dtype and shape; the checks here only guard the simulator.
+// The gemm hook's arrays: tests pass the right dtype and shape; these checks only guard the
+// simulator.
 template <typename T>
 T* ptr(py::handle obj, const char* name) {
   if (obj.is_none()) return nullptr;
@@ -27,37 +30,13 @@ T* ptr(py::handle obj, const char* name) {
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// Row stride of a [T, B, n] array whose last dimension is contiguous.
-int64_t row_stride(py::handle obj) {
-  if (obj.is_none()) return 0;
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  const int64_t item = a.itemsize();
-  if (a.strides(2) != item) throw py::value_error("rows must be contiguous");
-  if (a.shape(1) > 1) return a.strides(1) / item;
-  if (a.shape(0) > 1) return a.strides(0) / (item * a.shape(1));
-  return a.shape(2);
-}
-
-Activation act_of(const std::string& s) { return s == "relu" ? Activation::relu : Activation::tanh; }
-
 DeviceProps props(int sm_count, int64_t smem, bool coop) { return DeviceProps{sm_count, smem, coop}; }
 
+// The entry points' arrays go through the validation boundary of the real modules (args.h).
 template <typename T>
-int forward(py::array x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
-            py::handle h0, py::handle lengths, const std::string& act, bool reverse, py::handle out,
-            py::handle h_n, const DeviceProps& d, int tier) {
-  RnnForwardArgs<T> a;
-  a.shape.T = x.shape(0), a.shape.B = x.shape(1), a.shape.I = x.shape(2);
-  a.shape.H = py::reinterpret_borrow<py::array>(W_hh).shape(0);
-  a.shape.act = act_of(act);
-  a.shape.reverse = reverse;
-  a.shape.lengths = ptr<int64_t>(lengths, "lengths");
-  a.w = RnnWeights<T>{ptr<T>(W_ih, "W_ih"), ptr<T>(W_hh, "W_hh"), ptr<T>(b_ih, "b_ih"), ptr<T>(b_hh, "b_hh")};
-  a.x = ptr<T>(x, "x");
-  a.h0 = ptr<T>(h0, "h0");
-  a.out = ptr<T>(out, "out");
-  a.ld_out = row_stride(out);
-  a.h_n = ptr<T>(h_n, "h_n");
+int forward(ForwardArrays& arrays, const std::string& act, bool reverse, const DeviceProps& d,
+            int tier) {
+  const RnnForwardArgs<T> a = forward_args<T>(arrays, act, reverse);
   sim::Exec ex;
   {
     py::gil_scoped_release nogil;
@@ -67,33 +46,9 @@ int forward(py::array x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::
 }
 
 template <typename T>
-int backward(py::array x, py::handle W_ih, py::handle W_hh, py::handle h0, py::handle out,
-             py::handle grad_out, py::handle grad_h_n, py::handle lengths, const std::string& act,
-             bool reverse, py::handle grad_x, bool accumulate_grad_x, py::handle grad_h0,
-             py::handle dW_ih, py::handle dW_hh, py::handle db_ih, py::handle db_hh,
-             py::handle grad_norms, const DeviceProps& d, int tier) {
-  RnnBackwardArgs<T> a;
-  a.shape.T = x.shape(0), a.shape.B = x.shape(1), a.shape.I = x.shape(2);
-  a.shape.H = py::reinterpret_borrow<py::array>(W_hh).shape(0);
-  a.shape.act = act_of(act);
-  a.shape.reverse = reverse;
-  a.shape.lengths = ptr<int64_t>(lengths, "lengths");
-  a.w = RnnWeights<T>{ptr<T>(W_ih, "W_ih"), ptr<T>(W_hh, "W_hh"), nullptr, nullptr};
-  a.x = ptr<T>(x, "x");
-  a.h0 = ptr<T>(h0, "h0");
-  a.out = ptr<T>(out, "out");
-  a.ld_out = row_stride(out);
-  a.grad_out = ptr<T>(grad_out, "grad_out");
-  a.ld_grad_out = row_stride(grad_out);
-  a.grad_h_n = ptr<T>(grad_h_n, "grad_h_n");
-  a.grad_x = ptr<T>(grad_x, "grad_x");
-  a.accumulate_grad_x = accumulate_grad_x;
-  a.grad_h0 = ptr<T>(grad_h0, "grad_h0");
-  a.dW_ih = ptr<T>(dW_ih, "dW_ih");
-  a.dW_hh = ptr<T>(dW_hh, "dW_hh");
-  a.db_ih = ptr<T>(db_ih, "db_ih");
-  a.db_hh = ptr<T>(db_hh, "db_hh");
-  a.grad_norms = ptr<double>(grad_norms, "grad_norms");
+int backward(BackwardArrays& arrays, const std::string& act, bool reverse, bool accumulate_grad_x,
+             const DeviceProps& d, int tier) {
+  const RnnBackwardArgs<T> a = backward_args<T>(arrays, act, reverse, accumulate_grad_x);
   sim::Exec ex;
   {
     py::gil_scoped_release nogil;
@@ -128,25 +83,36 @@ auto by_dtype(const py::array& x, F&& f) {
 PYBIND11_MODULE(_cuda_sim, m) {
   m.doc() = "elman's CUDA kernels run thread by thread on the CPU (tests only; no GPU involved)";
   m.attr("THREADS") = kThreads;
-  m.def("rnn_forward", [](py::array x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
+  m.def("rnn_forward", [](py::handle x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
                           py::handle h0, py::handle lengths, const std::string& act, bool reverse,
                           py::handle out, py::handle h_n, int sm_count, int64_t smem, bool coop, int tier) {
-    return by_dtype(x, [&](auto tag) {
-      return forward<decltype(tag)>(x, W_ih, W_hh, b_ih, b_hh, h0, lengths, act, reverse, out, h_n,
-                                    props(sm_count, smem, coop), tier);
+    ForwardArrays a{Array::numpy(x, "x"),       Array::numpy(W_ih, "W_ih"), Array::numpy(W_hh, "W_hh"),
+                    Array::numpy(b_ih, "b_ih"), Array::numpy(b_hh, "b_hh"), Array::numpy(h0, "h0"),
+                    Array::numpy(lengths, "lengths"), Array::numpy(out, "out"), Array::numpy(h_n, "h_n")};
+    int used = 0;
+    dispatch_dtype(a.x, [&](auto tag) {
+      used = forward<decltype(tag)>(a, act, reverse, props(sm_count, smem, coop), tier);
     });
+    return used;
   });
-  m.def("rnn_backward", [](py::array x, py::handle W_ih, py::handle W_hh, py::handle h0, py::handle out,
+  m.def("rnn_backward", [](py::handle x, py::handle W_ih, py::handle W_hh, py::handle h0, py::handle out,
                            py::handle grad_out, py::handle grad_h_n, py::handle lengths,
                            const std::string& act, bool reverse, py::handle grad_x, bool acc_x,
                            py::handle grad_h0, py::handle dW_ih, py::handle dW_hh, py::handle db_ih,
                            py::handle db_hh, py::handle grad_norms, int sm_count, int64_t smem,
                            bool coop, int tier) {
-    return by_dtype(x, [&](auto tag) {
-      return backward<decltype(tag)>(x, W_ih, W_hh, h0, out, grad_out, grad_h_n, lengths, act, reverse,
-                                     grad_x, acc_x, grad_h0, dW_ih, dW_hh, db_ih, db_hh, grad_norms,
-                                     props(sm_count, smem, coop), tier);
+    BackwardArrays a{Array::numpy(x, "x"), Array::numpy(W_ih, "W_ih"), Array::numpy(W_hh, "W_hh"),
+                     Array::numpy(h0, "h0"), Array::numpy(out, "out"), Array::numpy(grad_out, "grad_out"),
+                     Array::numpy(grad_h_n, "grad_h_n"), Array::numpy(lengths, "lengths"),
+                     Array::numpy(grad_x, "grad_x"), Array::numpy(grad_h0, "grad_h0"),
+                     Array::numpy(dW_ih, "dW_ih"), Array::numpy(dW_hh, "dW_hh"),
+                     Array::numpy(db_ih, "db_ih"), Array::numpy(db_hh, "db_hh"),
+                     Array::numpy(grad_norms, "grad_norms")};
+    int used = 0;
+    dispatch_dtype(a.x, [&](auto tag) {
+      used = backward<decltype(tag)>(a, act, reverse, acc_x, props(sm_count, smem, coop), tier);
     });
+    return used;
   });
   m.def("gemm", [](py::array A, py::array Bm, py::array C, bool trans_a, bool trans_b, double beta,
                    py::handle lengths, int64_t B, const std::string& mask) {

@@ -306,5 +306,22 @@ void stream_wait(void* waiter, void* other) {
   check(e, "cudaStreamWaitEvent");
 }
 
+StreamCopy::StreamCopy(const void* src, size_t bytes, void* stream) : stream_(stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  check(cudaMallocAsync(&p_, bytes ? bytes : 1, s), "cudaMallocAsync");
+  const char* from = static_cast<const char*>(src);
+  auto* staging = new std::vector<char>(from, from + bytes);
+  cudaError_t e = cudaMemcpyAsync(p_, staging->data(), bytes, cudaMemcpyHostToDevice, s);
+  if (e == cudaSuccess)
+    e = cudaLaunchHostFunc(s, [](void* v) { delete static_cast<std::vector<char>*>(v); }, staging);
+  if (e != cudaSuccess) {
+    cudaStreamSynchronize(s);  // a queued copy may still read the staging buffer
+    delete staging;
+    cudaFreeAsync(p_, s);
+    check(e, "staging a host array on the stream");
+  }
+}
+StreamCopy::~StreamCopy() { cudaFreeAsync(p_, static_cast<cudaStream_t>(stream_)); }
+
 }  // namespace cuda
 }  // namespace elman

@@ -24,5 +24,23 @@ void synchronize(void* stream);
 // Work queued on `waiter` after this call starts only when what was queued on `other` is done.
 void stream_wait(void* waiter, void* other);
 
+// A small host array copied to device memory for the work queued on one stream (the current
+// device's): allocated and filled in stream order, freed in stream order when the object ends,
+// so that the work queued meanwhile may read it and nothing waits. The copy reads a private
+// staging buffer that the stream releases, so the host source may change once the constructor
+// returns.
+class StreamCopy {
+ public:
+  StreamCopy(const void* src, size_t bytes, void* stream);
+  ~StreamCopy();
+  StreamCopy(const StreamCopy&) = delete;
+  StreamCopy& operator=(const StreamCopy&) = delete;
+  const void* get() const { return p_; }
+
+ private:
+  void* p_ = nullptr;
+  void* stream_;
+};
+
 }  // namespace cuda
 }  // namespace elman

@@ -1,0 +1,153 @@
+// elman._core's RNN entry points (rnn_forward, rnn_backward, rnn_cell_step, matmul): arrays
+// through the validation boundary (args.h), then the CPU kernels without the GIL. Inputs in any
+// memory layout are copied to C order; outputs must be writable with evenly strided rows.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../rnn.h"
+#include "args.h"
+#include "core.h"
+
+namespace py = pybind11;
+
+namespace elman {
+namespace bind {
+
+namespace {
+
+template <typename T>
+void forward_cpu(ForwardArrays& arrays, const std::string& nonlinearity, bool reverse) {
+  const RnnForwardArgs<T> a = forward_args<T>(arrays, nonlinearity, reverse);
+  checked_nbytes({a.shape.H, a.shape.H + 64}, sizeof(T), "rnn_forward: packed W_hh");
+  run_kernel("rnn_forward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
+             "buffers); no output was written",
+             [&] { rnn_forward_cpu<T>(a); });
+}
+
+template <typename T>
+void backward_cpu(BackwardArrays& arrays, const std::string& nonlinearity, bool reverse,
+                  bool accumulate_grad_x) {
+  RnnBackwardArgs<T> a = backward_args<T>(arrays, nonlinearity, reverse, accumulate_grad_x);
+  const RnnShape& sh = a.shape;
+  checked_nbytes({sh.H, sh.H + 64}, sizeof(T), "rnn_backward: packed W_hh");
+  // Scratch for dz [T, B, H], allocated before anything is written.
+  py::array dz = scratch_array<T>({sh.T, sh.B, sh.H}, "rnn_backward: the scratch dz [T, B, H] =");
+  a.dz = static_cast<T*>(dz.mutable_data());
+  run_kernel("rnn_backward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
+             "buffers); no output was written",
+             [&] { rnn_backward_cpu<T>(a); });
+}
+
+// An operand of a product: "A must be 2-D, got shape (3,)" otherwise.
+void check_2d(const Array& a) {
+  require(a);
+  if (a.ndim() != 2) value_error(std::string(a.name) + " must be 2-D, got shape " + shape_str(a.shape));
+}
+
+// One RNNCell step when the arguments are exactly the fast case (cell_args), else None: the
+// caller then takes the validated path, which converts or raises the documented errors.
+template <typename T>
+py::object cell_step(py::handle x, py::handle h, py::handle W_ih, py::handle W_hh, py::handle b_ih,
+                     py::handle b_hh, bool relu) {
+  RnnCellArgs<T> a;
+  bool batched = false;
+  if (!cell_args<T>(x, h, W_ih, W_hh, b_ih, b_hh, relu, &a, &batched)) return py::none();
+  py::array h1 = batched ? py::array(py::dtype::of<T>(), Shape{a.B, a.H})
+                         : py::array(py::dtype::of<T>(), Shape{a.H});
+  a.h1 = static_cast<T*>(h1.mutable_data());
+  if (a.B * a.H * (a.I + a.H) <= kSmallCellStep) {
+    rnn_cell_step_cpu<T>(a);
+  } else {
+    py::gil_scoped_release nogil;
+    rnn_cell_step_cpu<T>(a);
+  }
+  return std::move(h1);
+}
+
+}  // namespace
+
+void register_rnn(py::module_& m) {
+  m.def(
+      "rnn_forward",
+      [](py::handle x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
+         py::handle h0, py::handle lengths, const std::string& nonlinearity, bool reverse,
+         py::handle out, py::handle h_n) {
+        ForwardArrays a{Array::numpy(x, "x"),       Array::numpy(W_ih, "W_ih"),
+                        Array::numpy(W_hh, "W_hh"), Array::numpy(b_ih, "b_ih"),
+                        Array::numpy(b_hh, "b_hh"), Array::numpy(h0, "h0"),
+                        Array::numpy(lengths, "lengths"), Array::numpy(out, "out"),
+                        Array::numpy(h_n, "h_n")};
+        dispatch_dtype(a.x, [&](auto tag) { forward_cpu<decltype(tag)>(a, nonlinearity, reverse); });
+      },
+      py::arg("x"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("h0"),
+      py::arg("lengths"), py::arg("nonlinearity"), py::arg("reverse"), py::arg("out"), py::arg("h_n"),
+      "Fused forward of one layer and direction; writes out [T, B, H] (any row stride) and h_n [B, H].");
+
+  m.def(
+      "rnn_backward",
+      [](py::handle x, py::handle W_ih, py::handle W_hh, py::handle h0, py::handle out,
+         py::handle grad_out, py::handle grad_h_n, py::handle lengths, const std::string& nonlinearity,
+         bool reverse, py::handle grad_x, bool accumulate_grad_x, py::handle grad_h0, py::handle dW_ih,
+         py::handle dW_hh, py::handle db_ih, py::handle db_hh, py::handle grad_norms) {
+        BackwardArrays a{Array::numpy(x, "x"),         Array::numpy(W_ih, "W_ih"),
+                         Array::numpy(W_hh, "W_hh"),   Array::numpy(h0, "h0"),
+                         Array::numpy(out, "out"),     Array::numpy(grad_out, "grad_out"),
+                         Array::numpy(grad_h_n, "grad_h_n"), Array::numpy(lengths, "lengths"),
+                         Array::numpy(grad_x, "grad_x"), Array::numpy(grad_h0, "grad_h0"),
+                         Array::numpy(dW_ih, "dW_ih"), Array::numpy(dW_hh, "dW_hh"),
+                         Array::numpy(db_ih, "db_ih"), Array::numpy(db_hh, "db_hh"),
+                         Array::numpy(grad_norms, "grad_norms")};
+        dispatch_dtype(a.x, [&](auto tag) {
+          backward_cpu<decltype(tag)>(a, nonlinearity, reverse, accumulate_grad_x);
+        });
+      },
+      py::arg("x"), py::arg("W_ih"), py::arg("W_hh"), py::arg("h0"), py::arg("out"), py::arg("grad_out"),
+      py::arg("grad_h_n"), py::arg("lengths"), py::arg("nonlinearity"), py::arg("reverse"),
+      py::arg("grad_x"), py::arg("accumulate_grad_x"), py::arg("grad_h0"), py::arg("dW_ih"),
+      py::arg("dW_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("grad_norms"),
+      "Fused BPTT of one layer and direction; accumulates into dW_ih, dW_hh, db_ih, db_hh.");
+
+  m.def(
+      "matmul",
+      [](py::handle A, py::handle B, py::handle C, bool trans_a, bool trans_b, double beta) {
+        Array a = Array::numpy(A, "A"), b = Array::numpy(B, "B"), c = Array::numpy(C, "C");
+        dispatch_dtype(a, [&](auto tag) {
+          using T = decltype(tag);
+          check_2d(a);
+          check_2d(b);
+          const int64_t M = trans_a ? a.shape[1] : a.shape[0], K = trans_a ? a.shape[0] : a.shape[1];
+          const int64_t N = trans_b ? b.shape[0] : b.shape[1];
+          const int64_t lda = a.shape[1];
+          const T* pa = input<T>(a, a.shape);
+          const T* pb = input<T>(b, trans_b ? Shape{N, K} : Shape{K, N});
+          T* pc = output<T>(c, {M, N});
+          check_disjoint({&c}, {&a, &b});
+          py::gil_scoped_release nogil;
+          matmul_cpu<T>(trans_a, trans_b, M, N, K, pa, lda, pb, trans_b ? K : N, T(beta), pc, N);
+        });
+      },
+      py::arg("A"), py::arg("B"), py::arg("C"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+      py::arg("beta") = 0.0,
+      "C = op(A) @ op(B) + beta * C on elman's threads (C: a C-contiguous output).");
+
+  m.def(
+      "rnn_cell_step",
+      [](py::handle x, py::handle h, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
+         bool relu) -> py::object {
+        switch (cell_dtype(W_ih, W_hh)) {
+          case DType::float32: return cell_step<float>(x, h, W_ih, W_hh, b_ih, b_hh, relu);
+          case DType::float64: return cell_step<double>(x, h, W_ih, W_hh, b_ih, b_hh, relu);
+          default: return py::none();
+        }
+      },
+      py::arg("x"), py::arg("h"), py::arg("W_ih"), py::arg("W_hh"), py::arg("b_ih"), py::arg("b_hh"),
+      py::arg("relu"),
+      "One RNNCell step for exactly-fitting arguments, else None (RNNCell's fast path).");
+}
+
+}  // namespace bind
+}  // namespace elman
