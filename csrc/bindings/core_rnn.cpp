@@ -5,12 +5,15 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../rnn.h"
 #include "args.h"
 #include "core.h"
+#include "interrupt.h"
 
 namespace py = pybind11;
 
@@ -19,14 +22,34 @@ namespace bind {
 
 namespace {
 
+// Multiply-adds of one layer's forward: whether Ctrl-C may stop the call (interrupt.h).
+double forward_macs(const RnnShape& sh) {
+  return double(sh.T) * double(sh.B) * double(sh.H) * double(sh.I + sh.H);
+}
+
 template <typename T>
 void forward_cpu(ForwardArrays& arrays, const std::string& nonlinearity, bool reverse) {
   const RnnForwardArgs<T> a = forward_args<T>(arrays, nonlinearity, reverse);
   checked_nbytes({a.shape.H, a.shape.H + 64}, sizeof(T), "rnn_forward: packed W_hh");
-  run_kernel("rnn_forward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
-             "buffers); no output was written",
-             [&] { rnn_forward_cpu<T>(a); });
+  Interruptible intr(forward_macs(a.shape));
+  run_stoppable(intr,
+                "rnn_forward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
+                "buffers, the BLAS's work buffers); no output was written",
+                [&] { rnn_forward_cpu<T>(a); }, [] {});
 }
+
+// What a stoppable backward adds into the caller's arrays, copied before the call so that a
+// stopped call can be undone.
+template <typename T>
+struct Accumulators {
+  std::vector<std::pair<T*, std::vector<T>>> saved;
+  void keep(T* p, int64_t n) {
+    if (p) saved.emplace_back(p, std::vector<T>(p, p + n));
+  }
+  void restore() const {
+    for (const auto& s : saved) std::copy(s.second.begin(), s.second.end(), s.first);
+  }
+};
 
 template <typename T>
 void backward_cpu(BackwardArrays& arrays, const std::string& nonlinearity, bool reverse,
@@ -37,9 +60,19 @@ void backward_cpu(BackwardArrays& arrays, const std::string& nonlinearity, bool 
   // Scratch for dz [T, B, H], allocated before anything is written.
   py::array dz = scratch_array<T>({sh.T, sh.B, sh.H}, "rnn_backward: the scratch dz [T, B, H] =");
   a.dz = static_cast<T*>(dz.mutable_data());
-  run_kernel("rnn_backward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
-             "buffers); no output was written",
-             [&] { rnn_backward_cpu<T>(a); });
+  Interruptible intr(2.0 * forward_macs(sh));
+  Accumulators<T> acc;
+  if (intr.on()) {
+    acc.keep(a.dW_ih, sh.H * sh.I);
+    acc.keep(a.dW_hh, sh.H * sh.H);
+    acc.keep(a.db_ih, sh.H);
+    acc.keep(a.db_hh, sh.H);
+    if (a.accumulate_grad_x) acc.keep(a.grad_x, sh.T * sh.B * sh.I);
+  }
+  run_stoppable(intr,
+                "rnn_backward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
+                "buffers, the BLAS's work buffers); no output was written",
+                [&] { rnn_backward_cpu<T>(a); }, [&] { acc.restore(); });
 }
 
 // An operand of a product: "A must be 2-D, got shape (3,)" otherwise.
@@ -71,6 +104,7 @@ py::object cell_step(py::handle x, py::handle h, py::handle W_ih, py::handle W_h
 }  // namespace
 
 void register_rnn(py::module_& m) {
+  init_interrupt();
   m.def(
       "rnn_forward",
       [](py::handle x, py::handle W_ih, py::handle W_hh, py::handle b_ih, py::handle b_hh,
@@ -126,8 +160,15 @@ void register_rnn(py::module_& m) {
           const T* pb = input<T>(b, trans_b ? Shape{N, K} : Shape{K, N});
           T* pc = output<T>(c, {M, N});
           check_disjoint({&c}, {&a, &b});
-          py::gil_scoped_release nogil;
-          matmul_cpu<T>(trans_a, trans_b, M, N, K, pa, lda, pb, trans_b ? K : N, T(beta), pc, N);
+          Interruptible intr(double(M) * double(N) * double(K));
+          Accumulators<T> acc;
+          if (intr.on() && beta != 0.0) acc.keep(pc, M * N);
+          run_stoppable(intr, "matmul: cannot allocate the BLAS's work buffers; C is unchanged",
+                        [&] {
+                          matmul_cpu<T>(trans_a, trans_b, M, N, K, pa, lda, pb, trans_b ? K : N,
+                                        T(beta), pc, N);
+                        },
+                        [&] { acc.restore(); });
         });
       },
       py::arg("A"), py::arg("B"), py::arg("C"), py::arg("trans_a") = false, py::arg("trans_b") = false,

@@ -10,6 +10,7 @@
 
 #include "../cpu/blas.h"
 #include "../cpu/kernels.h"
+#include "../cpu/threads.h"
 #include "args.h"
 #include "core.h"
 
@@ -86,6 +87,9 @@ void register_testing(py::module_& m) {
       "Tests only: the largest size and leading dimension handed to the BLAS in one piece "
       "(defaults 2**30 and 2**31 - 1), lowered to run the splitting paths on small arrays.");
 
+  m.def("blas_buffers", [] { return cpu::blas_buffers(); },
+        "The BLAS work buffers elman has made the BLAS take (threads.h's reserve_blas).");
+
   m.def(
       "blas_gemm",
       [](py::handle A, py::handle B, py::handle C) {
@@ -99,6 +103,7 @@ void register_testing(py::module_& m) {
           const T* pb = input<T>(b, {K, N});
           T* pc = output<T>(c, {M, N});
           py::gil_scoped_release nogil;
+          cpu::reserve_blas(1);
           cpu::gemm<T>(false, false, M, N, K, T(1), pa, K, pb, N, T(0), pc, N);
         });
       },

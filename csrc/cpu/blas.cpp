@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cblas.h>
+#include <thread>
 
 namespace elman {
 namespace cpu {
@@ -17,14 +18,43 @@ namespace {
 std::atomic<int64_t> g_max_dim{int64_t(1) << 30};  // comfortably inside blasint (int32)
 std::atomic<int64_t> g_max_ld{int64_t(2147483647)};
 
-void gemm_raw(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+// The gate: threads inside the BLAS now, and buffers it has been made to take. With no buffer
+// recorded (a product before any reservation) the gate is open, as the BLAS itself would be.
+std::atomic<int> g_inside{0};
+std::atomic<int> g_buffers{0};
+
+class Permit {
+ public:
+  Permit() {
+    for (int spins = 0;; ++spins) {
+      int in = g_inside.load(std::memory_order_relaxed);
+      const int cap = g_buffers.load(std::memory_order_acquire);
+      if ((cap == 0 || in < cap) &&
+          g_inside.compare_exchange_weak(in, in + 1, std::memory_order_acquire))
+        return;
+      if (spins > 64) std::this_thread::yield();  // another thread's product ends soon
+    }
+  }
+  ~Permit() { g_inside.fetch_sub(1, std::memory_order_release); }
+  Permit(const Permit&) = delete;
+  Permit& operator=(const Permit&) = delete;
+};
+
+void sgemm_call(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B, blasint(ldb),
                     beta, C, blasint(ldc));
 }
+
+void gemm_raw(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+              int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  Permit permit;
+  sgemm_call(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 void gemm_raw(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
               int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  Permit permit;
   scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                     blasint(M), blasint(N), blasint(K), alpha, A, blasint(lda), B, blasint(ldb),
                     beta, C, blasint(ldc));
@@ -98,6 +128,17 @@ const bool g_single_threaded_blas = [] {
   scipy_openblas_set_num_threads(1);
   return true;
 }();
+
+int blas_buffers() { return g_buffers.load(std::memory_order_acquire); }
+void blas_add_buffers(int n) { g_buffers.fetch_add(n, std::memory_order_release); }
+
+void blas_after_fork_in_child() { g_inside.store(0); }
+
+void blas_warm(float* c) {
+  static const float a[kBlasWarm * kBlasWarm] = {};
+  sgemm_call(false, false, kBlasWarm, kBlasWarm, kBlasWarm, 1.0f, a, kBlasWarm, a, kBlasWarm,
+             0.0f, c, kBlasWarm);
+}
 
 void blas_set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
 int blas_get_num_threads() { return scipy_openblas_get_num_threads(); }

@@ -18,6 +18,17 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, scalar_t 
 // limits to run the splitting paths on small arrays); the defaults are 2^30 and 2^31 - 1.
 void blas_set_limits_for_testing(int64_t max_dim, int64_t max_ld);
 
+// The gate in front of the BLAS (threads.h's reserve_blas says why): every product waits until
+// fewer threads are inside the BLAS than it has buffers. blas_buffers(): how many it has been
+// made to take; blas_add_buffers(n) records more. blas_warm(c) is one product that passes the
+// gate (c: kBlasWarm^2 floats of the caller's), large enough to need a buffer.
+int blas_buffers();
+void blas_add_buffers(int n);
+constexpr int64_t kBlasWarm = 128;
+void blas_warm(float* c);
+// After fork() only the forking thread exists: no thread is inside the BLAS any more.
+void blas_after_fork_in_child();
+
 void blas_set_num_threads(int n);
 int blas_get_num_threads();
 const char* blas_config();    // OpenBLAS's build configuration string

@@ -3,6 +3,7 @@
 #include "../rnn.h"
 #include "blas.h"
 #include "kernels.h"
+#include "threads.h"
 
 namespace elman {
 
@@ -14,6 +15,7 @@ void rnn_cell_step_cpu(const RnnCellArgs<T>& a) {
                                 a.h1);
     return;
   }
+  cpu::reserve_blas(1);  // the BLAS's buffer for this thread (threads.h), before anything
   T* o = a.h1;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t j = 0; j < H; ++j)

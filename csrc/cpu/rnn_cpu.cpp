@@ -75,6 +75,7 @@ struct Forward {
     sc.before = proj_parts + pack_parts + (chunked ? pack_parts : 0);
     sc.side = chunk_parts;
     sc.threads = std::max({sc.rec.parts, proj_parts, chunk_parts, pack_parts});
+    proj.stop = sc.stop;
     base.H = H;
     base.act = sh.act;
     base.panels = Whh.panels.data();
@@ -232,6 +233,7 @@ struct Backward {
   }
 
   void weight_chunk(int64_t c, int q) const;
+  void weight_rows(int64_t k_lo, int64_t k_hi, int64_t lo, int64_t hi) const;
   void x_chunk(int64_t c, int q) const;
   void plan_parts(int threads);
   void gather_first(int q) const;
@@ -269,6 +271,7 @@ Backward<T>::Backward(const RnnBackwardArgs<T>& args, int threads)
   gx = Gemm<T>{false, false, nT * B, I, H, dz, H, a.w.W_ih, I, beta_x, a.grad_x, I};
   const T* dz_first = sc.uniform ? dz + k_first * H : first.p;
   gh0 = Gemm<T>{false, false, B, H, H, dz_first, H, a.w.W_hh, H, T(0), a.grad_h0, H};
+  gx.stop = gh0.stop = sc.stop;
   plan_parts(threads);
   base.H = H;
   base.act = sh.act;
@@ -316,6 +319,12 @@ void Backward<T>::weight_chunk(int64_t c, int q) const {
   if (hi <= lo) return;
   int64_t k_lo, k_hi;  // dz rows of the chunk's steps
   sc.chunk_rows(c, &k_lo, &k_hi);
+  weight_rows(k_lo, k_hi, lo, hi);
+}
+
+// Rows [lo, hi) of dW_ih and dW_hh over dz rows [k_lo, k_hi) (uniform lengths).
+template <typename T>
+void Backward<T>::weight_rows(int64_t k_lo, int64_t k_hi, int64_t lo, int64_t hi) const {
   TnTarget<T> part[3];
   int32_t n = 0;
   for (const TnTarget<T>& w : wt) {
@@ -354,13 +363,20 @@ void Backward<T>::weight_part(int q) const {
   int64_t lo, hi;
   part_range(H, wpa, q, &lo, &hi);
   if (hi <= lo) return;
-  if (sc.uniform) {
+  if (sc.uniform && !sc.stop) {
     K.tn_product(dz, H, lo, hi, wt.data(), int32_t(wt.size()));
+    return;
+  }
+  if (sc.uniform) {  // a stoppable call: pieces of dz rows, the flag checked between them
+    const int64_t rows = nT * B;
+    const int64_t piece = std::max<int64_t>(1, cpu::kStopPiece / ((hi - lo) * (I + H)));
+    for (int64_t k = 0; k < rows && !sc.stop_requested(); k += piece)
+      weight_rows(k, std::min(rows, k + piece), lo, hi);
     return;
   }
   // Variable lengths: each sequence over its valid steps only (stride B rows), so that
   // padded inputs and states are never multiplied, not even by zero.
-  for (int64_t b = 0; b < B; ++b) {
+  for (int64_t b = 0; b < B && !sc.stop_requested(); ++b) {
     const int64_t L = sh.length_of(b);
     TnTarget<T> t[2] = {{a.x + b * I, B * I, I, 0, L, a.dW_ih, I}, {}};
     if (sh.reverse) t[1] = {a.out + (B + b) * ld, B * ld, H, 0, L - 1, a.dW_hh, H};
@@ -382,7 +398,7 @@ void Backward<T>::x_part(int q) const {
   }
   int64_t b0, b1;
   part_range(B, xpa, q, &b0, &b1);
-  for (int64_t b = b0; b < b1; ++b) {
+  for (int64_t b = b0; b < b1 && !sc.stop_requested(); ++b) {
     const int64_t L = sh.length_of(b);
     T* g = a.grad_x + b * I;
     cpu::gemm<T>(false, false, L, I, H, T(1), dz + b * H, B * H, a.w.W_ih, I, gx.beta, g, B * I);
@@ -419,7 +435,7 @@ void rnn_forward_cpu(const RnnForwardArgs<T>& a) {
   const RnnShape& sh = a.shape;
   if (sh.T == 0 || sh.B == 0) return;
   Forward<T> f(a, cpu::get_num_threads());
-  cpu::run_schedule(f.sc, f);
+  if (!cpu::run_schedule(f.sc, f)) throw cpu::Stopped();
   for (int64_t b = 0; b < sh.B; ++b) {  // h_n: the state after each sequence's last valid step
     const T* last = a.out + (sh.last_step_time(b) * sh.B + b) * a.ld_out;
     std::copy(last, last + sh.H, a.h_n + b * sh.H);
@@ -430,7 +446,7 @@ template <typename T>
 void rnn_backward_cpu(const RnnBackwardArgs<T>& a) {
   if (a.shape.T == 0 || a.shape.B == 0) return;
   Backward<T> bw(a, cpu::get_num_threads());
-  cpu::run_schedule(bw.sc, bw);
+  if (!cpu::run_schedule(bw.sc, bw)) throw cpu::Stopped();
   bw.finish();
 }
 
@@ -439,11 +455,12 @@ template <typename T>
 void matmul_cpu(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  const Gemm<T> g{ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc};
+  const Gemm<T> g{ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, cpu::stop_flag()};
   const int parts = gemm_parts(M, N, K, cpu::get_num_threads());
-  cpu::parallel(parts, [&](cpu::Team& team) {
+  const bool done = cpu::parallel(parts, [&](cpu::Team& team) {
     team.for_each(parts, [&](int64_t q) { g.run_part(int(q), parts); });
   });
+  if (!done) throw cpu::Stopped();
 }
 
 template void matmul_cpu<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,

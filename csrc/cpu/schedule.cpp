@@ -47,6 +47,7 @@ Schedule plan_schedule(const RnnShape& sh, bool backward, int64_t npanels, int t
   sc.uniform = sh.all_full();
   sc.rec = plan_recurrence(sh.B, sh.H, npanels, threads);
   sc.chunks = plan_chunks(sh, sc.rec, sc.uniform, bytes_per_row);
+  sc.stop = stop_flag();
   return sc;
 }
 

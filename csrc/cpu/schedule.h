@@ -17,6 +17,7 @@
 // s = T - 1 - i backward (BPTT walks the processing order back).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <new>
@@ -36,6 +37,10 @@ inline void part_range(int64_t n, int P, int q, int64_t* lo, int64_t* hi) {
   *lo = n * q / P;
   *hi = n * (q + 1) / P;
 }
+
+// In a stoppable call (threads.h's StopScope), the most multiply-adds done between two checks
+// of the stop flag: ~1-10 ms on one core.
+constexpr int64_t kStopPiece = int64_t(1) << 23;
 
 // How a product is split: by rows of C, P parts, each at least ~1 MFLOP of work.
 int gemm_parts(int64_t M, int64_t N, int64_t K, int threads);
@@ -66,13 +71,20 @@ struct Gemm {
   T beta = T(0);
   T* C = nullptr;
   int64_t ldc = 0;
-  // Part q of P: rows [lo, hi) of C.
+  const std::atomic<int>* stop = nullptr;  // a stoppable call's flag: the part goes in pieces
+  // Part q of P: rows [lo, hi) of C; in a stoppable call, pieces of ~kStopPiece multiply-adds
+  // with the flag checked between them.
   void run_part(int q, int P) const {
     int64_t lo, hi;
     part_range(M, P, q, &lo, &hi);
-    if (hi <= lo) return;
-    const T* a = ta ? A + lo : A + lo * lda;
-    gemm<T>(ta, tb, hi - lo, N, K, T(1), a, lda, B, ldb, beta, C + lo * ldc, ldc);
+    const int64_t step = stop ? std::max<int64_t>(1, kStopPiece / std::max<int64_t>(1, N * K))
+                              : std::max<int64_t>(1, hi - lo);
+    for (int64_t r = lo; r < hi; r += step) {
+      if (stop && stop->load(std::memory_order_relaxed)) return;
+      const int64_t r1 = std::min(hi, r + step);
+      const T* a = ta ? A + r : A + r * lda;
+      gemm<T>(ta, tb, r1 - r, N, K, T(1), a, lda, B, ldb, beta, C + r * ldc, ldc);
+    }
   }
 };
 
@@ -155,6 +167,15 @@ struct Schedule {
   int side = 0;               // items beside each chunk (chunked only)
   int64_t after[2] = {0, 0};  // items of the two passes after the loop
   int threads = 1;            // threads the region asks for
+  const std::atomic<int>* stop = nullptr;  // the call's stop flag (threads.h), or none
+
+  bool stop_requested() const { return stop && stop->load(std::memory_order_relaxed) != 0; }
+  // Loop steps per piece of a by-rows part of `rows` rows: the whole loop, or in a stoppable
+  // call ~kStopPiece multiply-adds.
+  int64_t steps_per_piece(int64_t rows, int64_t H) const {
+    if (!stop) return T;
+    return std::max<int64_t>(1, kStopPiece / std::max<int64_t>(1, rows * H * H));
+  }
 
   int64_t step_at(int64_t i) const { return backward ? T - 1 - i : i; }
   // Rows [lo, hi) of [T*B] that chunk c covers (its time steps, whatever the direction).
@@ -196,13 +217,16 @@ void run_recurrence(const Schedule& sc, Driver& d, Team& team) {
     team.for_each(parts, [&](int64_t q) {
       int64_t r0, r1;
       part_range(sc.B, parts, int(q), &r0, &r1);
-      d.steps(0, sc.T, r0, r1, int(q));
+      const int64_t piece = sc.steps_per_piece(r1 - r0, d.H);
+      for (int64_t i0 = 0; i0 < sc.T && !sc.stop_requested(); i0 += piece)
+        d.steps(i0, std::min(sc.T, i0 + piece), r0, r1, int(q));
     });
   } else if (sc.rec.by_rows) {
     team.for_each(parts, [&](int64_t q) {
       int64_t r0, r1;
       part_range(sc.B, parts, int(q), &r0, &r1);
-      for (int64_t i = 0; i < sc.T; ++i) d.step(sc.step_at(i), r0, r1, 0, sc.npanels, int(q));
+      for (int64_t i = 0; i < sc.T && !sc.stop_requested(); ++i)
+        d.step(sc.step_at(i), r0, r1, 0, sc.npanels, int(q));
     });
   } else {
     team.for_each_step(sc.T, parts, [&](int64_t i, int64_t q) {
@@ -214,9 +238,10 @@ void run_recurrence(const Schedule& sc, Driver& d, Team& team) {
 }
 
 // The whole parallel region: the work before the loop, the recurrence, the passes after it.
+// False when the call was stopped (threads.h): the results are incomplete.
 template <typename Driver>
-void run_schedule(const Schedule& sc, Driver& d) {
-  parallel(sc.threads, [&](Team& team) {
+bool run_schedule(const Schedule& sc, Driver& d) {
+  return parallel(sc.threads, [&](Team& team) {
     if (sc.before > 0) team.for_each(sc.before, [&](int64_t i) { d.before(i); });
     run_recurrence(sc, d, team);
     for (int pass = 0; pass < 2; ++pass)

@@ -2,11 +2,13 @@
 // a region never waits for a worker to arrive, only for the items taken to be finished.
 #include "threads.h"
 
+#include "blas.h"
 #include "fpmode.h"
 
 #include <immintrin.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <new>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -103,6 +106,7 @@ struct Pool {
 };
 
 std::atomic<Pool*> g_pool{nullptr};
+std::mutex g_reserve;  // one reservation of BLAS buffers at a time (reserve_blas)
 std::mutex g_config;  // serialises set_num_threads, the creation of the pool and freeing
 // Pools replaced by set_num_threads (guarded by g_config). A call may have loaded g_pool just
 // before the replacement and still use the old pool (it then finds it busy and runs alone), so
@@ -164,6 +168,8 @@ class PoolRef {
 void after_fork_in_child() {
   g_pool.store(nullptr);
   new (&g_config) std::mutex();
+  new (&g_reserve) std::mutex();
+  blas_after_fork_in_child();
   new (&g_retired) std::vector<Pool*>();
   g_users.store(0);
   g_has_retired.store(false);
@@ -186,8 +192,16 @@ Phase& Team::next_phase() {
   return r_->phases[phase_++];
 }
 
-void parallel_raw(int want, TeamFn fn, void* ctx) {
+namespace {
+
+// The calling thread's stop flag (StopScope). initial-exec: a pointer in the static TLS block,
+// never allocated on first use.
+__attribute__((tls_model("initial-exec"))) thread_local const std::atomic<int>* t_stop = nullptr;
+
+// One region: f on the calling thread and on workers that join. Returns false when stopped.
+bool open_region(int want, TeamFn fn, void* ctx) {
   Region region;
+  region.stop = t_stop;
   PoolRef p;
   const bool flush = flush_denormals();
   FpModeGuard fp(flush);  // this thread's mode, restored on return (and on an exception)
@@ -196,7 +210,7 @@ void parallel_raw(int want, TeamFn fn, void* ctx) {
   if (want <= 1 || !p->busy.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
     Team team(&region);  // alone: this thread takes every item
     fn(ctx, team);
-    return;
+    return !region.stop_requested();
   }
   if (p->workers.empty()) p->start();
   p->flush = flush;
@@ -216,6 +230,60 @@ void parallel_raw(int want, TeamFn fn, void* ctx) {
   p->open.store(false, std::memory_order_seq_cst);
   while (p->active.load(std::memory_order_seq_cst) != 0) _mm_pause();  // late joiners leave
   p->busy.store(false, std::memory_order_release);
+  return !region.stop_requested();
+}
+
+int g_warm_attempts = 0;  // warm-ups run (guarded by g_reserve), bounded below
+constexpr int kMaxWarmAttempts = 8;
+// Address space checked per missing buffer: twice the 32 MiB the bundled OpenBLAS maps.
+constexpr size_t kBlasBufferProbe = size_t(64) << 20;
+
+}  // namespace
+
+bool parallel_raw(int want, TeamFn fn, void* ctx) {
+  reserve_blas(std::max(1, std::min(want, get_num_threads())));
+  return open_region(want, fn, ctx);
+}
+
+StopScope::StopScope(const std::atomic<int>* flag) : saved_(t_stop) { t_stop = flag; }
+StopScope::~StopScope() { t_stop = saved_; }
+const std::atomic<int>* stop_flag() { return t_stop; }
+
+void reserve_blas(int n) {
+  if (n <= blas_buffers()) return;
+  std::lock_guard<std::mutex> lock(g_reserve);
+  const int have = blas_buffers();
+  if (n <= have || (have > 0 && g_warm_attempts >= kMaxWarmAttempts)) return;
+  // The address space for the missing buffers, checked by mapping it (and giving it back).
+  const size_t bytes = size_t(n - have) * kBlasBufferProbe;
+  void* probe = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (probe == MAP_FAILED) throw std::bad_alloc();
+  munmap(probe, bytes);
+  ++g_warm_attempts;
+  // n threads into the BLAS at once, so that it maps one buffer per thread: each thread does
+  // products in a loop while it waits for the others, and once one thread has finished three
+  // products with all n in the loop (each of them in or between products the whole time), they
+  // all stop. A thread that gives up (50 ms) leaves the count, so items that one thread runs
+  // one after the other are never counted as n threads.
+  std::vector<float> c(size_t(n) * kBlasWarm * kBlasWarm);
+  std::atomic<int> present{0};
+  std::atomic<bool> together{false};
+  auto warm = [&](Team& team) {
+    team.for_each(n, [&](int64_t i) {
+      present.fetch_add(1);
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+      int full = 0;
+      while (!together.load() && std::chrono::steady_clock::now() < until) {
+        blas_warm(c.data() + i * kBlasWarm * kBlasWarm);
+        if (present.load() == n && ++full >= 3) together.store(true);
+      }
+      if (!together.load()) present.fetch_sub(1);
+    });
+  };
+  StopScope unstoppable(nullptr);
+  open_region(n, [](void* ctx, Team& team) { (*static_cast<decltype(warm)*>(ctx))(team); }, &warm);
+  const int now = together.load() ? n : 1;
+  if (now > have) blas_add_buffers(now - have);
 }
 
 namespace {

@@ -20,6 +20,8 @@ struct alignas(64) Phase {
 struct Region {
   static constexpr int kMaxPhases = 16;
   Phase phases[kMaxPhases];
+  const std::atomic<int>* stop = nullptr;  // the opening thread's StopScope flag, or none
+  bool stop_requested() const { return stop && stop->load(std::memory_order_relaxed) != 0; }
 };
 
 void wait_until_done(const std::atomic<int64_t>& done, int64_t target);
@@ -34,7 +36,7 @@ class Team {
     Phase& p = next_phase();
     for (int64_t i = p.next.fetch_add(1, std::memory_order_relaxed); i < n;
          i = p.next.fetch_add(1, std::memory_order_relaxed)) {
-      body(i);
+      if (!r_->stop_requested()) body(i);
       p.done.fetch_add(1, std::memory_order_release);
     }
     wait_until_done(p.done, n);
@@ -49,7 +51,7 @@ class Team {
          i = p.next.fetch_add(1, std::memory_order_relaxed)) {
       const int64_t s = i / parts;
       wait_until_done(p.done, s * parts);
-      body(s, i - s * parts);
+      if (!r_->stop_requested()) body(s, i - s * parts);
       p.done.fetch_add(1, std::memory_order_release);
     }
     wait_until_done(p.done, n);
@@ -62,15 +64,50 @@ class Team {
 };
 
 using TeamFn = void (*)(void* ctx, Team& team);
-void parallel_raw(int want, TeamFn fn, void* ctx);
+bool parallel_raw(int want, TeamFn fn, void* ctx);
 
 // Runs f(team) on the calling thread and on up to want - 1 workers that join while work is
-// left; every thread of the region runs f (the same sequence of for_each calls).
+// left; every thread of the region runs f (the same sequence of for_each calls). Before the
+// region opens, the BLAS is given buffers for its threads (reserve_blas: std::bad_alloc when
+// the memory for them cannot be had, with nothing touched). Returns false when the calling
+// thread's StopScope flag was raised: items not yet begun were skipped, the results are
+// incomplete.
 template <typename F>
-void parallel(int want, F&& f) {
-  parallel_raw(want, [](void* ctx, Team& team) { (*static_cast<F*>(ctx))(team); },
-               const_cast<void*>(static_cast<const void*>(&f)));
+bool parallel(int want, F&& f) {
+  return parallel_raw(want, [](void* ctx, Team& team) { (*static_cast<F*>(ctx))(team); },
+                      const_cast<void*>(static_cast<const void*>(&f)));
 }
+
+// ------------------------------------------------------------------------- stopping a call
+// A long call can be stopped early (elman._core: Ctrl-C). The thread that makes the call names
+// a flag for its duration; something outside the kernels (a signal handler) raises it. The
+// regions that thread opens then skip every item not yet begun, long items return at their
+// next check (stop_flag() read into the call's plan), and parallel() returns false; the
+// driver throws Stopped and the caller discards the call's results.
+class StopScope {
+ public:
+  explicit StopScope(const std::atomic<int>* flag);
+  ~StopScope();
+  StopScope(const StopScope&) = delete;
+  StopScope& operator=(const StopScope&) = delete;
+
+ private:
+  const std::atomic<int>* saved_;
+};
+// The calling thread's flag (nullptr: this call cannot be stopped).
+const std::atomic<int>* stop_flag();
+struct Stopped {};
+
+// ------------------------------------------------------------------------- BLAS buffers
+// OpenBLAS maps a work buffer (32 MiB of address space in the bundled build) the first time
+// one more thread is inside a level-3 call than it has buffers for, and when it cannot map it
+// prints "Memory allocation still failed" and exits the process. So elman lets no more
+// threads into the BLAS at once than buffers it has made the BLAS take while it could check
+// the memory (blas.h's gate): reserve_blas(n) checks that n - blas_buffers() buffers' worth
+// of address space can be mapped (std::bad_alloc if not), then runs n threads into the BLAS
+// together so that it maps them. Called on the calling thread before a region (parallel) or a
+// product outside one.
+void reserve_blas(int n);
 
 void set_num_threads(int n);
 int get_num_threads();
