@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 PRELUDE = textwrap.dedent("""
@@ -229,3 +230,38 @@ def test_an_interrupted_accumulating_matmul_leaves_its_output_unchanged():
         print(json.dumps({{"raised": raised, "unchanged": bool(np.array_equal(c, before))}}))
     """)
     assert r == {"raised": True, "unchanged": True}
+
+
+def _in_thread(fn):
+    """fn() in another thread: a call that cannot be stopped (only the main thread can)."""
+    import threading
+    box = []
+    t = threading.Thread(target=lambda: box.append(fn()))
+    t.start()
+    t.join()
+    return box[0]
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_stoppable_call_gives_bitwise_the_result_of_one_that_cannot_be_stopped(dtype, lengths):
+    """Long calls from the main thread run in pieces with the stop flag checked between them;
+    the pieces must not change a bit of any result (the determinism guarantee)."""
+    from elman import functional as F
+    rng = np.random.default_rng(7)
+    T, B, I, H = 64, 32, 64, 512          # 2**29 multiply-adds: long enough to be stoppable
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    W_ih = (rng.standard_normal((H, I)) * 0.1).astype(dtype)
+    W_hh = (rng.standard_normal((H, H)) / np.sqrt(H)).astype(dtype)
+    b = rng.standard_normal(H).astype(dtype)
+    lens = rng.integers(1, T + 1, B) if lengths else None
+
+    def run():
+        out, h = F.rnn_forward(x, W_ih, W_hh, b, b, lengths=lens)
+        g = F.rnn_backward(x, W_ih, W_hh, out, lengths=lens, grad_out=np.ones_like(out))
+        m = F.matmul(x.reshape(T * B, I), W_ih, trans_b=True)
+        return [out, h, g.grad_x, g.grad_h0, g.grad_weight_ih, g.grad_weight_hh,
+                g.grad_bias_ih, g.grad_norms, m]
+
+    for a, b_ in zip(run(), _in_thread(run)):
+        np.testing.assert_array_equal(a, b_)

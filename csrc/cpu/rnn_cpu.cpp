@@ -363,13 +363,12 @@ void Backward<T>::weight_part(int q) const {
   int64_t lo, hi;
   part_range(H, wpa, q, &lo, &hi);
   if (hi <= lo) return;
-  if (sc.uniform && !sc.stop) {
-    K.tn_product(dz, H, lo, hi, wt.data(), int32_t(wt.size()));
-    return;
-  }
-  if (sc.uniform) {  // a stoppable call: pieces of dz rows, the flag checked between them
+  if (sc.uniform) {
+    // In pieces of dz rows (at least 256, ~kStopPiece multiply-adds), the stop flag checked
+    // between them. Always in pieces, stoppable or not, so that the sums are added in the
+    // same order either way (the pieces depend only on the shapes and the split).
     const int64_t rows = nT * B;
-    const int64_t piece = std::max<int64_t>(1, cpu::kStopPiece / ((hi - lo) * (I + H)));
+    const int64_t piece = std::max<int64_t>(256, cpu::kStopPiece / ((hi - lo) * (I + H)));
     for (int64_t k = 0; k < rows && !sc.stop_requested(); k += piece)
       weight_rows(k, std::min(rows, k + piece), lo, hi);
     return;

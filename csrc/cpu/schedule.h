@@ -71,14 +71,16 @@ struct Gemm {
   T beta = T(0);
   T* C = nullptr;
   int64_t ldc = 0;
-  const std::atomic<int>* stop = nullptr;  // a stoppable call's flag: the part goes in pieces
-  // Part q of P: rows [lo, hi) of C; in a stoppable call, pieces of ~kStopPiece multiply-adds
-  // with the flag checked between them.
+  const std::atomic<int>* stop = nullptr;  // a stoppable call's flag (threads.h), or none
+  // Part q of P: rows [lo, hi) of C, in pieces of at least 512 rows and ~kStopPiece
+  // multiply-adds, with the stop flag checked between them. Always in pieces, stoppable or not:
+  // the BLAS's sums depend on how the rows are grouped into products, so the pieces depend only
+  // on the shapes and the split (tests/test_interrupt.py compares stoppable and unstoppable
+  // calls bit for bit).
   void run_part(int q, int P) const {
     int64_t lo, hi;
     part_range(M, P, q, &lo, &hi);
-    const int64_t step = stop ? std::max<int64_t>(1, kStopPiece / std::max<int64_t>(1, N * K))
-                              : std::max<int64_t>(1, hi - lo);
+    const int64_t step = std::max<int64_t>(512, kStopPiece / std::max<int64_t>(1, N * K));
     for (int64_t r = lo; r < hi; r += step) {
       if (stop && stop->load(std::memory_order_relaxed)) return;
       const int64_t r1 = std::min(hi, r + step);
