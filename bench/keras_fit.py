@@ -71,6 +71,7 @@ def main():
         library = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
     else:
         library = keras.config.backend()
+        elman.keras.jax_kernels = True  # opt-in there (see elman.keras): measured here
     if args.threads is not None:
         elman.set_num_threads(args.threads)
     T, I, H, batch = 100, 20, 64, 32

@@ -235,7 +235,7 @@ def main():
         histories.update(keras_histories)
         per_epoch = {k: h.seconds / epochs for k, h in keras_histories.items()}
         mine, theirs = per_epoch.values()
-        print(f"  keras model.fit, seconds per epoch: " + ", ".join(
+        print("  keras model.fit, seconds per epoch: " + ", ".join(
             f"{k} {v:.2f}" for k, v in per_epoch.items()) + f" ({theirs / mine:.1f}x)")
         extra = {"keras_seconds_per_epoch": per_epoch}
     runs = {k: (h, h.last("test accuracy")) for k, h in histories.items()}

@@ -17,6 +17,7 @@ keras = pytest.importorskip("keras")
 import elman.keras as ek  # noqa: E402  (after keras, on its jax backend)
 
 jnp = jax.numpy
+ek.jax_kernels = True  # opt-in on JAX (see elman.keras); test_default_falls_back sets it back
 B, T, I, H = 3, 6, 4, 5
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -108,6 +109,16 @@ def test_a_mask_falls_back_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ek.KernelFallbackWarning)
         ours(x, mask=mask)
+
+
+def test_default_falls_back(monkeypatch):
+    monkeypatch.setattr(ek, "jax_kernels", False)
+    theirs, ours = pair(return_sequences=True)
+    x = np.random.default_rng(8).standard_normal((B, T, I)).astype(np.float32)
+    with pytest.warns(ek.KernelFallbackWarning, match="jax_kernels = True"):
+        got = outputs(ours(x))
+    assert ours.kernel_path is False
+    np.testing.assert_array_equal(got[0], outputs(theirs(x))[0])  # the same computation
 
 
 def test_fit_gives_kerass_losses():

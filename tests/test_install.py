@@ -29,3 +29,27 @@ def test_the_wheel_holds_every_isa_level():
                 assert _core.get_isa() == level
         finally:
             _core.set_isa(previous)
+
+
+# The x86-64 levels as /proc/cpuinfo names their features (pni is SSE3, abm brings LZCNT);
+# the kernel compiles each level's flags, so the CPUID check must find exactly these.
+_LEVEL_FLAGS = {
+    "avx2": {"pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm", "avx", "avx2", "fma",
+             "bmi1", "bmi2", "f16c", "abm", "movbe", "xsave"},
+    "avx512": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"},
+}
+
+
+def test_the_wheel_detects_the_isa_level_this_cpu_has():
+    """The wheel's compiler (zig's clang) ships no working __builtin_cpu_supports runtime, so
+    the level comes from CPUID: it must agree with what the kernel reports for this CPU."""
+    from elman import _core
+    flags = set()
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    expected = "baseline"
+    if _LEVEL_FLAGS["avx2"] <= flags:
+        expected = "avx512" if _LEVEL_FLAGS["avx512"] <= flags else "avx2"
+    assert _core.info()["isa_supported"] == expected, sorted(flags)

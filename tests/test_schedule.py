@@ -12,12 +12,13 @@ from conftest import assert_close, max_abs
 
 pytest.importorskip("elman._core")
 
-# (T, B, I, H) and the plan each takes with 2 and 3 threads (with 1 thread every shape runs in
-# one part). The recurrence is split by batch rows when B >= 4 * threads, else by column panels
-# once a step has >= 65536 multiply-adds, else it stays in one part (below 24576).
+# (T, B, I, H) and the plan each takes with 2 and 3 threads (with 1 thread the recurrence runs
+# in one part, chunked or not as named). The recurrence is split by batch rows when
+# B >= 4 * threads, else by column panels once a step has >= 65536 multiply-adds, else it stays
+# in one part (below 24576).
 PLANS = {
     "one part": (6, 3, 5, 17),            # 3 * 17^2 multiply-adds per step
-    "by rows, one chunk": (15, 13, 9, 72),  # 20 steps of 13 rows make a chunk: one chunk, no side work
+    "by rows, one chunk": (15, 13, 9, 72),  # a chunk is 20 steps of 13 rows: one, no side work
     "by rows, chunked": (45, 13, 9, 72),    # three chunks, the last one partial
     "by panels": (11, 4, 7, 130),           # 4 * 130^2 >= 65536, B < 8: a barrier per step
 }

@@ -249,7 +249,8 @@ Backward<T>::Backward(const RnnBackwardArgs<T>& args, int threads)
       Wih(K, a.w.W_ih, I, false, H, I, sc.chunks.on && a.grad_x && I > 0),
       zeros(H), first(sc.uniform ? 1 : B * H),
       sumsq(a.grad_norms ? sc.rec.parts * nT : 1), dbsum(want_db ? sc.rec.parts * H : 1),
-      row_ptrs(sc.uniform ? 1 : 2 * sc.rec.parts * B), row_valid(sc.uniform ? 1 : sc.rec.parts * B) {
+      row_ptrs(sc.uniform ? 1 : 2 * sc.rec.parts * B),
+      row_valid(sc.uniform ? 1 : sc.rec.parts * B) {
   std::fill(zeros.p, zeros.p + H, T(0));
   if (a.grad_norms) std::fill(sumsq.p, sumsq.p + sc.rec.parts * nT, 0.0);
   if (want_db) std::fill(dbsum.p, dbsum.p + sc.rec.parts * H, 0.0);
@@ -440,7 +441,9 @@ void matmul_cpu(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, i
   if (M <= 0 || N <= 0) return;
   const Gemm<T> g{ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc};
   const int parts = gemm_parts(M, N, K, cpu::get_num_threads());
-  cpu::parallel(parts, [&](cpu::Team& team) { team.for_each(parts, [&](int64_t q) { g.run_part(int(q), parts); }); });
+  cpu::parallel(parts, [&](cpu::Team& team) {
+    team.for_each(parts, [&](int64_t q) { g.run_part(int(q), parts); });
+  });
 }
 
 template void matmul_cpu<float>(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t,

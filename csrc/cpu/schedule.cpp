@@ -26,7 +26,8 @@ RecurrencePlan plan_recurrence(int64_t B, int64_t H, int64_t npanels, int thread
   return p;
 }
 
-Chunks plan_chunks(const RnnShape& sh, const RecurrencePlan& rp, bool uniform, double bytes_per_row) {
+Chunks plan_chunks(const RnnShape& sh, const RecurrencePlan& rp, bool uniform,
+                   double bytes_per_row) {
   Chunks c;
   c.steps = std::max<int64_t>(1, (256 + sh.B - 1) / sh.B);
   c.count = (sh.T + c.steps - 1) / c.steps;

@@ -138,7 +138,8 @@ struct Chunks {
     *hi = (from_end ? T - i0 : i1) * B;
   }
 };
-Chunks plan_chunks(const RnnShape& sh, const RecurrencePlan& rp, bool uniform, double bytes_per_row);
+Chunks plan_chunks(const RnnShape& sh, const RecurrencePlan& rp, bool uniform,
+                   double bytes_per_row);
 
 // One call's schedule. plan_schedule fixes the recurrence's split and the chunks; the driver
 // then says how many items each phase has and how many threads the region asks for.

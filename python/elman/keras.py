@@ -7,8 +7,8 @@ The class subclasses Keras's own, so constructor, config, weights (``kernel``,
 ``recurrent_kernel``, ``bias``), weight files, ``model.save`` / ``load_model`` and masks behave as
 Keras's. Only ``call`` differs: on the CPU, float32 / float64 with a tanh or relu activation run
 one fused kernel call forward and one backward (torch: through the autograd node of
-``elman.torch``; JAX: a custom VJP over host callbacks); everything else runs
-``keras.layers.SimpleRNN.call`` with the same weights and says so once.
+``elman.torch``; JAX: a custom VJP over host callbacks, opt-in through ``jax_kernels``);
+everything else runs ``keras.layers.SimpleRNN.call`` with the same weights and says so once.
 """
 
 import functools
@@ -20,7 +20,13 @@ from keras.src.backend.common.symbolic_scope import in_symbolic_scope
 
 from . import functional as F
 
-__all__ = ["SimpleRNN", "KernelFallbackWarning", "convert"]
+__all__ = ["SimpleRNN", "KernelFallbackWarning", "convert", "jax_kernels"]
+
+# The JAX backend's kernel path is correct but not faster: Keras's own loop there is compiled
+# by XLA (no Python per time step, which is what the kernels save on the torch backend), and
+# bench/keras_fit.py measured the classic model's epoch at 0.48 s with it against 0.89 s with
+# the kernels called back from jit (2-core x86-64, busy). So it is used only when set to True.
+jax_kernels = False
 
 # The activations the kernels have, by the Keras function object (a lambda, a relu with
 # max_value or a leaky slope, or None are other functions: they fall back).
@@ -64,9 +70,10 @@ class SimpleRNN(keras.layers.SimpleRNN):
     ``return_sequences``, ``return_state``, ``go_backwards``, ``stateful``, ``initial_state`` and
     ``zero_output_for_mask`` give Keras's values there; ``unroll`` changes nothing (same math).
     Gradients reach ``kernel``, ``recurrent_kernel``, ``bias``, the input and ``initial_state``
-    through torch's autograd. On the JAX backend the same, on the CPU, except masks (their
-    values exist only inside ``jax.jit``, where Keras's training step runs): calls with a mask
-    fall back there.
+    through torch's autograd. On the JAX backend, when ``elman.keras.jax_kernels`` is set to
+    True (Keras's own loop is compiled by XLA there and was faster than the kernels called back
+    from ``jax.jit``), the same on the CPU except masks (their values exist only inside
+    ``jax.jit``, where Keras's training step runs): calls with a mask fall back there.
 
     Anything else (the TensorFlow backend, GPU tensors, other dtypes or activations, recurrent
     dropout in training, a mask that is not a prefix, a fully masked sequence,
@@ -110,6 +117,9 @@ class SimpleRNN(keras.layers.SimpleRNN):
         backend = keras.config.backend()
         if backend not in ("torch", "jax"):
             return f"the {backend} backend has no kernel path (torch and jax have)", None
+        if backend == "jax" and not jax_kernels:
+            return ("the jax backend, where Keras's own XLA-compiled loop is faster than the "
+                    "kernels (set elman.keras.jax_kernels = True to use them)"), None
         activation = _ACTIVATIONS.get(self.cell.activation)
         if activation is None:
             name = getattr(self.cell.activation, "__name__", repr(self.cell.activation))
