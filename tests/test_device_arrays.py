@@ -82,7 +82,7 @@ def test_mixing_host_and_device_arrays_names_both():
 
 def test_lengths_must_stay_on_the_host():
     with pytest.raises(TypeError, match="lengths must be on the host"):
-        _cuda_fn._lengths_ptr(FakeCAI((1,), "<i8"), 2, 1, None, [])
+        _cuda_fn._host_lengths(FakeCAI((1,), "<i8"))
 
 
 def test_stream_handles():

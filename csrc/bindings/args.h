@@ -45,9 +45,10 @@ template <>
 constexpr DType dtype_of<int64_t>() { return DType::int64; }
 
 // One array argument as the kernels will see it. Two sources:
-//  - host(obj, name): a numpy.ndarray (TypeError naming the argument otherwise);
-//  - device(obj, name): a description of device memory with the attributes ptr, shape, strides
-//    (in elements), dtype, readonly and device: elman._device.DeviceView. Nothing is read at ptr.
+//  - Array::numpy(obj, name): a numpy.ndarray in host memory (TypeError naming it otherwise);
+//  - Array::described(obj, name): device memory described by an object with the attributes
+//    ptr, shape, strides (in elements), dtype, readonly and device (elman._device.DeviceView).
+//    Nothing is ever read at ptr here.
 // None gives an absent Array (`none`); the checks below say whether that is allowed.
 struct Array {
   const char* name = "";
@@ -75,7 +76,7 @@ struct Array {
   void copy_to_c_order();
 
   bool copied = false;                           // data is a copy made here
-  std::pair<uintptr_t, uintptr_t> caller_extent;  // the caller's memory, once copied
+  std::pair<uintptr_t, uintptr_t> caller_extent{0, 0};  // the caller's memory, once copied
 };
 
 // The checks, in the order every entry point applies them. Each names the array.

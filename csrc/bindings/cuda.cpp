@@ -114,6 +114,7 @@ void forward_cuda(ForwardArrays& arrays, const std::string& nonlinearity, bool r
                   uintptr_t stream, int tier) {
   int device = 0;
   RnnForwardArgs<T> a = forward_on_device<T>(arrays, nonlinearity, reverse, &device);
+  if (a.shape.B == 0) return;  // valid, and nothing to compute
   CudaLaunch l;
   l.stream = reinterpret_cast<void*>(stream);
   l.tier = tier;
@@ -130,6 +131,7 @@ void backward_cuda(BackwardArrays& arrays, const std::string& nonlinearity, bool
   int device = 0;
   RnnBackwardArgs<T> a =
       backward_on_device<T>(arrays, nonlinearity, reverse, accumulate_grad_x, &device);
+  if (a.shape.B == 0) return;  // valid, and nothing to compute
   CudaLaunch l;
   l.stream = reinterpret_cast<void*>(stream);
   l.tier = tier;

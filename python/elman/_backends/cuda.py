@@ -1,10 +1,11 @@
 """The cuda backend (elman._cuda): takes every array on the host (NumPy: copied to the GPU and
 back, the call waits) or every array on one CUDA device (torch, CuPy, anything with
-``__cuda_array_interface__`` or ``__dlpack__``: used in place, queued on ``stream``), validates
-with the ground floor's messages, and calls elman._cuda. Mixing host and device arrays is a
-TypeError naming both. ``rnn_forward`` / ``rnn_backward`` here are the functional floor's full
-contract for this backend (device results are allocated with the caller's array library);
-:class:`CudaBackend` is the backend object the layers use."""
+``__cuda_array_interface__`` or ``__dlpack__``: used in place, queued on ``stream``), allocates
+the results, and calls elman._cuda, whose boundary (the one elman._core uses) checks every
+argument. Mixing host and device arrays is a TypeError naming both. ``rnn_forward`` /
+``rnn_backward`` here are the functional floor's full contract for this backend (device results
+are allocated with the caller's array library); :class:`CudaBackend` is the backend object the
+layers use."""
 
 import sys
 
@@ -12,11 +13,8 @@ import numpy as np
 
 from .. import _device
 from . import empty_batch_backward, host_matmul
-from .._checks import as_array, as_lengths, check_nonlinearity, check_shape
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def _compiled():
     """elman._cuda (present: this backend is resolved only when it imported and found a GPU)."""
     from .. import _cuda
@@ -65,7 +63,9 @@ def _empty_like(like, shape, dtype, device, zero=False):
 
 
 class _Operands:
-    """The array arguments of one call: all host or all device, described uniformly."""
+    """The array arguments of one call, all on the host or all on one CUDA device, and the
+    results it writes: handed to elman._cuda as device descriptions (DeviceView), host arrays
+    through device copies (copied back by :meth:`finish`)."""
 
     def __init__(self, arrays, stream):
         self.stream = _device.stream_handle(stream)
@@ -78,110 +78,103 @@ class _Operands:
                             "cuda backend takes every array on the host (copied to the GPU and "
                             "back) or every array on one CUDA device")
         self.on_device = bool(dev)
-        self.objects = present
-        self.views = {}
+        self.given = present
         if self.on_device:
             cuda = _compiled()
-            for k in dev:
-                self.views[k] = _device.describe(present[k], k, cuda, self.stream)
-            devices = {v.device for v in self.views.values() if v.device is not None}
-            if len(devices) > 1:
-                names = {v.device: k for k, v in self.views.items()}
-                a, b = sorted(devices)[:2]
-                raise ValueError(f"{names[b]} is on cuda:{b} but {names[a]} is on cuda:{a}; "
-                                 "every array must be on one device")
-            self.device = devices.pop() if devices else 0
+            self.arrays = {k: _device.describe(v, k, cuda, self.stream) for k, v in present.items()}
+            self.like = next(iter(present.values()))  # results come from the same library
+            self.device = next((v.device for v in self.arrays.values() if v.device is not None), 0)
         else:
-            self.device = 0
+            self.arrays = {k: _host(v) for k, v in present.items()}
+            self.staging = _Staging(self.stream)
 
-    def get(self, name, dtype, shape=None):
-        """The argument as a host ndarray or a DeviceView of exactly ``dtype`` and ``shape``."""
-        if name not in self.objects:
+    def sizes(self):
+        """(dtype, T, B, I, H) of the results, from x and weight_hh; None when these cannot be
+        those of a valid call (the results are then not allocated, and elman._cuda refuses the
+        call with its message)."""
+        x, w = self.arrays.get("x"), self.arrays.get("weight_hh")
+        if x is None or w is None or x.ndim != 3 or w.ndim != 2 or x.dtype not in FLOAT_DTYPES:
             return None
+        return (x.dtype, *x.shape, w.shape[0])
+
+    def new(self, shape, dtype, zero=False):
+        """A result array: NumPy on the host, else of the inputs' library on their device."""
         if not self.on_device:
-            a = as_array(self.objects[name], name, dtype)
-        else:
-            a = self.views[name]
-            if a.dtype != dtype:
-                raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype}")
-        if shape is not None:
-            check_shape(a, name, shape)
-        return a
+            return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        return _empty_like(self.like, shape, dtype, self.device, zero)
+
+    def input(self, name):
+        """The argument as elman._cuda takes it (a DeviceView), or None."""
+        a = self.arrays.get(name)
+        return a if a is None or self.on_device else self.staging.put(a)
+
+    def output(self, name, a, initial=False):
+        """The result array ``a`` as elman._cuda writes it; ``initial``: its contents are read
+        too (accumulated into)."""
+        if a is None:
+            return None
+        if self.on_device:
+            if self.given.get(name) is a:  # the caller's array, described above
+                return self.arrays[name]
+            return _device.describe(a, name, _compiled(), self.stream)
+        return self.staging.out(a, name, initial)
+
+    def launch(self, fn, **kwargs):
+        """Calls elman._cuda's ``fn`` on this call's stream, after the streams the arrays'
+        producers named (device arrays), and waits for the copies back (host arrays)."""
+        if self.on_device:
+            cuda = _compiled()
+            for v in self.arrays.values():
+                if isinstance(v.stream, int) and v.stream != self.stream:
+                    cuda.stream_wait(self.stream, v.stream)
+        fn(**kwargs, stream=self.stream)
+        if not self.on_device:
+            self.staging.finish()
 
 
-def _dtype_and_size(ops, nonlinearity):
-    check_nonlinearity(nonlinearity)
-    w = ops.objects.get("weight_hh")
-    if w is None:
-        raise TypeError("weight_hh must be an array, got None")
-    dtype = (ops.views["weight_hh"] if ops.on_device else np.asarray(w)).dtype
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"weight_hh must have dtype float32 or float64, got {dtype}")
-    whh = ops.get("weight_hh", dtype)
-    if whh.ndim != 2 or whh.shape[0] != whh.shape[1]:
-        raise ValueError(f"weight_hh must have shape (H, H), got {whh.shape}")
-    x = ops.get("x", dtype)
-    if x is None:
-        raise TypeError("x must be an array, got None")
-    if x.ndim != 3:
-        raise ValueError(f"x must be 3-D (T, B, I), got {x.ndim}-D with shape {x.shape}")
-    T, B, I = x.shape
-    if T == 0:
-        raise ValueError("Expected sequence length to be larger than 0 in RNN, got x with T = 0")
-    return dtype, T, B, I, whh.shape[0]
+def _host(a):
+    """A host argument as an ndarray in native byte order (values unchanged)."""
+    a = np.asarray(a)
+    if a.dtype.kind == "f" and not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
 
 
-def _rows_stride(view, name):
-    """Row stride (elements) of a (T, B, n) device view whose rows are evenly strided."""
-    T, B, n = view.shape
-    st = view.strides
-    if n > 1 and st[2] != 1:
-        raise ValueError(f"{name} must have a contiguous last dimension on the device")
-    row = st[1] if B > 1 else (st[0] if T > 1 else n)
-    if row < n or (T > 1 and st[0] != B * row):
-        raise ValueError(f"{name} must have evenly strided rows with a contiguous last dimension")
-    return row
-
-
-def _device_input(view, name):
-    if view is None:
-        return 0
-    if not view.c_contiguous():
-        raise ValueError(f"{name} must be C-contiguous on the device (e.g. torch's .contiguous() "
-                         "or cupy.ascontiguousarray)")
-    return view.ptr
-
-
-def _device_output(view, name):
-    if view.readonly:
-        raise ValueError(f"{name} must be writable")
-    return _device_input(view, name)
+def _c_strides(shape):
+    """Strides in elements of a C-contiguous array of ``shape``."""
+    strides, n = [], 1
+    for d in reversed(shape):
+        strides.insert(0, n)
+        n *= d
+    return strides
 
 
 class _Staging:
-    """Host mode: device copies of host arrays, and the copies back after the call."""
+    """Host mode: device copies of host arrays as DeviceViews, and the copies back."""
 
     def __init__(self, stream):
-        self.cuda, self.stream, self.keep, self.back = _compiled(), stream, [], []
+        self.cuda, self.stream, self.back = _compiled(), stream, []
+
+    def _view(self, buf, a, readonly, keep):
+        return _device.DeviceView(buf.ptr, a.shape, _c_strides(a.shape), a.dtype, None, None,
+                                  readonly, (buf, keep))
 
     def put(self, a):
-        if a is None:
-            return 0
         a = np.ascontiguousarray(a)
         buf = self.cuda.Buffer(max(1, a.nbytes))
         buf.upload(a, self.stream)
-        self.keep.append((buf, a))
-        return buf.ptr
+        return self._view(buf, a, True, a)
 
-    def out(self, target, initial=None):
-        """Device memory for ``target`` (a host array written in place after the call)."""
+    def out(self, target, name, initial):
+        """Device memory for ``target``, a host array written in place after the call."""
+        if not isinstance(target, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(target).__name__}")
         tmp = np.empty(target.shape, target.dtype)
         buf = self.cuda.Buffer(max(1, tmp.nbytes))
-        if initial is not None:
-            buf.upload(np.ascontiguousarray(initial), self.stream)
-        self.keep.append((buf, tmp))
+        if initial:
+            buf.upload(np.ascontiguousarray(target), self.stream)
         self.back.append((buf, tmp, target))
-        return buf.ptr
+        return self._view(buf, tmp, not target.flags.writeable, tmp)
 
     def finish(self):
         for buf, tmp, _ in self.back:
@@ -191,26 +184,18 @@ class _Staging:
             target[...] = tmp
 
 
-def _lengths_ptr(lengths, T, B, ops, keep):
-    if lengths is not None and _device.is_device_array(lengths, "lengths"):
+def _host_lengths(lengths):
+    """lengths as the int64 host array elman._cuda takes (it checks the shape and the range and
+    copies them to the device itself), or None."""
+    if lengths is None:
+        return None
+    if _device.is_device_array(lengths, "lengths"):
         raise TypeError("lengths must be on the host (a list or NumPy array of ints, as torch's "
                         "pack_padded_sequence requires), got a CUDA device array")
-    lengths = as_lengths(lengths, T, B)
-    if lengths is None:
-        return 0, None
-    cuda = _compiled()
-    buf = cuda.Buffer(lengths.nbytes)
-    buf.upload(lengths, ops.stream)
-    keep.append((buf, lengths))
-    return buf.ptr, lengths
-
-
-def _sync_producers(ops):
-    """Work queued on our stream waits for the streams the arrays' producers named."""
-    cuda = _compiled()
-    for v in ops.views.values():
-        if isinstance(v.stream, int) and v.stream != ops.stream:
-            cuda.stream_wait(ops.stream, v.stream)
+    arr = np.asarray(lengths)
+    if arr.dtype.kind in "iu" or arr.size == 0:  # [] for an empty batch: NumPy calls it float
+        arr = arr.astype(np.int64)
+    return arr
 
 
 def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, lengths=None,
@@ -218,51 +203,21 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
     """functional.rnn_forward on the cuda backend (``tier``: tests force a recurrence tier)."""
     ops = _Operands({"x": x, "weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih,
                      "bias_hh": bias_hh, "h0": h0, "out": out}, stream)
-    dtype, T, B, I, H = _dtype_and_size(ops, nonlinearity)
-    xa = ops.get("x", dtype)
-    w_ih = ops.get("weight_ih", dtype, (H, I))
-    if w_ih is None:
-        raise TypeError("weight_ih must be an array, got None")
-    b_ih, b_hh = ops.get("bias_ih", dtype, (H,)), ops.get("bias_hh", dtype, (H,))
-    h0a = ops.get("h0", dtype, (B, H))
-    outa = ops.get("out", dtype, (T, B, H))
-    cuda = _compiled()
-    keep = []
-    if not ops.on_device:
-        if out is None:
-            out = np.empty((T, B, H), dtype)
-        h_n = np.empty((B, H), dtype)
-        if B == 0:
-            return out, h_n
-        len_ptr, _ = _lengths_ptr(lengths, T, B, ops, keep)
-        s = _Staging(ops.stream)
-        ptrs = [s.put(a) for a in (xa, w_ih, ops.get("weight_hh", dtype), b_ih, b_hh, h0a)]
-        cuda.rnn_forward(dtype.name, T, B, I, H, nonlinearity, bool(reverse), *ptrs, len_ptr,
-                         s.out(out), H, s.out(h_n), 0, ops.stream, tier)
-        s.finish()
-        return out, h_n
-
-    dev = ops.device
-    if out is None:
-        out = _empty_like(x, (T, B, H), dtype, dev)
-        outa = _device.describe(out, "out", cuda, ops.stream)
-    h_n = _empty_like(x, (B, H), dtype, dev)
-    if B == 0:
-        return out, h_n
-    hna = _device.describe(h_n, "h_n", cuda, ops.stream)
-    if outa.readonly:
-        raise ValueError("out must be writable")
-    len_ptr, host_lengths = _lengths_ptr(lengths, T, B, ops, keep)
-    _sync_producers(ops)
-    cuda.rnn_forward(dtype.name, T, B, I, H, nonlinearity, bool(reverse),
-                     _device_input(xa, "x"), _device_input(w_ih, "weight_ih"),
-                     _device_input(ops.get("weight_hh", dtype), "weight_hh"),
-                     _device_input(b_ih, "bias_ih"), _device_input(b_hh, "bias_hh"),
-                     _device_input(h0a, "h0"), len_ptr, outa.ptr, _rows_stride(outa, "out"),
-                     _device_output(hna, "h_n"), dev, ops.stream, tier)
-    if host_lengths is not None:  # the staged lengths must outlive the queued kernels
-        cuda.synchronize(ops.stream)
+    sizes = ops.sizes()
+    h_n = None
+    if sizes is not None:
+        dtype, T, B, I, H = sizes
+        out = out if out is not None else ops.new((T, B, H), dtype)
+        h_n = ops.new((B, H), dtype)
+    ops.launch(_compiled().rnn_forward, x=ops.input("x"), W_ih=ops.input("weight_ih"),
+               W_hh=ops.input("weight_hh"), b_ih=ops.input("bias_ih"),
+               b_hh=ops.input("bias_hh"), h0=ops.input("h0"), lengths=_host_lengths(lengths),
+               nonlinearity=nonlinearity, reverse=bool(reverse), out=ops.output("out", out),
+               h_n=ops.output("h_n", h_n), tier=tier)
     return out, h_n
+
+
+_GRAD_NAMES = ("grad_weight_ih", "grad_weight_hh", "grad_bias_ih", "grad_bias_hh")
 
 
 def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=None,
@@ -272,82 +227,30 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     grads = (None,) * 4 if grads is None else tuple(grads)
     if len(grads) != 4:
         raise ValueError(f"grads must be (dW_ih, dW_hh, db_ih, db_hh), got {len(grads)} arrays")
-    names = ("grad_weight_ih", "grad_weight_hh", "grad_bias_ih", "grad_bias_hh")
     ops = _Operands({"x": x, "weight_ih": weight_ih, "weight_hh": weight_hh, "out": out, "h0": h0,
                      "grad_out": grad_out, "grad_h_n": grad_h_n, "grad_x": grad_x,
-                     **dict(zip(names, grads))}, stream)
-    dtype, T, B, I, H = _dtype_and_size(ops, nonlinearity)
-    xa = ops.get("x", dtype)
-    w_ih = ops.get("weight_ih", dtype, (H, I))
-    w_hh = ops.get("weight_hh", dtype)
-    if ops.get("out", dtype) is None:
-        raise TypeError("out must be an array, got None")
-    outa = ops.get("out", dtype, (T, B, H))
-    h0a = ops.get("h0", dtype, (B, H))
-    goa = ops.get("grad_out", dtype, (T, B, H))
-    ghna = ops.get("grad_h_n", dtype, (B, H))
-    shapes = ((H, I), (H, H), (H,), (H,))
-    ga = [ops.get(n, dtype, s) for n, s in zip(names, shapes)]
-    gxa = ops.get("grad_x", dtype, (T, B, I))
-    if grad_x is None:
-        accumulate_grad_x = False
-    cuda = _compiled()
-    keep = []
-
-    if not ops.on_device:
-        dW = [g if g is not None else (np.zeros(s, dtype) if i < 2 or bias else None)
+                     **dict(zip(_GRAD_NAMES, grads))}, stream)
+    accumulate_grad_x = bool(accumulate_grad_x) and grad_x is not None
+    dW, gx, gh0, norms, empty = list(grads), grad_x, None, None, False
+    sizes = ops.sizes()
+    if sizes is not None:
+        dtype, T, B, I, H = sizes
+        shapes = ((H, I), (H, H), (H,), (H,))
+        dW = [g if g is not None else (ops.new(s, dtype, zero=True) if i < 2 or bias else None)
               for i, (g, s) in enumerate(zip(grads, shapes))]
-        gx = grad_x if grad_x is not None else np.zeros((T, B, I), dtype)
-        gh0 = np.zeros((B, H), dtype)
-        norms = np.zeros(T)
-        if B == 0:
-            return (gx, gh0, *dW, norms)
-        len_ptr, _ = _lengths_ptr(lengths, T, B, ops, keep)
-        s = _Staging(ops.stream)
-        ins = [s.put(a) for a in (xa, w_ih, w_hh, h0a, outa)]
-        go_ptr, ghn_ptr = s.put(goa), s.put(ghna)
-        gx_ptr = s.out(gx, initial=gx if accumulate_grad_x else None)
-        dW_ptrs = [s.out(g, initial=g) if g is not None else 0 for g in dW]
-        cuda.rnn_backward(dtype.name, T, B, I, H, nonlinearity, bool(reverse), *ins, H, go_ptr, H,
-                          ghn_ptr, len_ptr, gx_ptr, bool(accumulate_grad_x), s.out(gh0),
-                          *dW_ptrs, s.out(norms), 0, ops.stream, tier)
-        s.finish()
-        return (gx, gh0, *dW, norms)
-
-    dev = ops.device
-
-    def new(shape, zero=False):
-        return _empty_like(x, shape, dtype, dev, zero)
-
-    dW = [g if g is not None else (new(s, True) if i < 2 or bias else None)
-          for i, (g, s) in enumerate(zip(grads, shapes))]
-    gx = grad_x if grad_x is not None else new((T, B, I))
-    gh0 = new((B, H))
-    norms = _empty_like(x, (T,), np.float64, dev)
-    if B == 0:
-        return (gx, gh0, *dW, norms)
-
-    def view(a, n):
-        return None if a is None else _device.describe(a, n, cuda, ops.stream)
-
-    dWv = [g if g is not None else view(d, n) for g, d, n in zip(ga, dW, names)]
-    gxv = gxa if gxa is not None else view(gx, "grad_x")
-    len_ptr, host_lengths = _lengths_ptr(lengths, T, B, ops, keep)
-    _sync_producers(ops)
-    cuda.rnn_backward(dtype.name, T, B, I, H, nonlinearity, bool(reverse),
-                      _device_input(xa, "x"), _device_input(w_ih, "weight_ih"),
-                      _device_input(w_hh, "weight_hh"), _device_input(h0a, "h0"),
-                      outa.ptr, _rows_stride(outa, "out"),
-                      goa.ptr if goa is not None else 0,
-                      _rows_stride(goa, "grad_out") if goa is not None else H,
-                      _device_input(ghna, "grad_h_n"), len_ptr,
-                      _device_output(gxv, "grad_x"), bool(accumulate_grad_x),
-                      _device_output(view(gh0, "grad_h0"), "grad_h0"),
-                      *[_device_output(v, n) if v is not None else 0 for v, n in zip(dWv, names)],
-                      _device_output(view(norms, "grad_norms"), "grad_norms"), dev, ops.stream,
-                      tier)
-    if host_lengths is not None:
-        cuda.synchronize(ops.stream)
+        gx = grad_x if grad_x is not None else ops.new((T, B, I), dtype)
+        gh0 = ops.new((B, H), dtype)
+        empty = B == 0  # no step runs: the norms stay the zeros they start as
+        norms = ops.new((T,), np.float64, zero=empty)
+    dWv = [ops.output(n, g, initial=True) for n, g in zip(_GRAD_NAMES, dW)]
+    ops.launch(_compiled().rnn_backward, x=ops.input("x"), W_ih=ops.input("weight_ih"),
+               W_hh=ops.input("weight_hh"), h0=ops.input("h0"), out=ops.input("out"),
+               grad_out=ops.input("grad_out"), grad_h_n=ops.input("grad_h_n"),
+               lengths=_host_lengths(lengths), nonlinearity=nonlinearity, reverse=bool(reverse),
+               grad_x=ops.output("grad_x", gx, initial=accumulate_grad_x),
+               accumulate_grad_x=accumulate_grad_x, grad_h0=ops.output("grad_h0", gh0),
+               dW_ih=dWv[0], dW_hh=dWv[1], db_ih=dWv[2], db_hh=dWv[3],
+               grad_norms=ops.output("grad_norms", norms, initial=empty), tier=tier)
     return (gx, gh0, *dW, norms)
 
 
