@@ -64,12 +64,17 @@ class StandIn:
 
     def __init__(self):
         self.calls = []
+        self.current = 0
 
     def set_device(self, device):
-        pass
+        self.calls.append(("set_device", device))
+        self.current = device
+
+    def get_device(self):
+        return self.current
 
     def synchronize(self, stream):
-        pass
+        self.calls.append(("synchronize", stream))
 
     def stream_wait(self, waiter, other):
         self.calls.append(("stream_wait", waiter, other))
@@ -103,6 +108,11 @@ class OnDevice:
     def __cuda_array_interface__(self):
         return {"shape": self.a.shape, "typestr": self.a.dtype.str, "version": 3,
                 "data": (self.a.ctypes.data, self.readonly), "strides": self.a.strides}
+
+
+def _last(cuda, name):
+    """The keyword arguments of the stand-in's last call of ``name``."""
+    return [kw for call, *kw in cuda.calls if call == name][-1][0]
 
 
 @pytest.fixture
@@ -145,7 +155,7 @@ def test_host_mode_matches_the_cpu_backend(cuda, dtype):
                          backend="cpu")
     for name, a, b in zip(ref._fields, got, ref):
         np.testing.assert_array_equal(a, b, err_msg=name)
-    kw = cuda.calls[-1][1]
+    kw = _last(cuda, "rnn_backward")
     assert kw["lengths"].dtype == np.int64 and kw["accumulate_grad_x"] is True
 
 
@@ -168,7 +178,7 @@ def test_device_mode_matches_the_cpu_backend(cuda, dtype):
     assert isinstance(out, glue.DeviceArray) and out.dtype == dtype
     np.testing.assert_array_equal(out.get(), ref_out)
     np.testing.assert_array_equal(h_n.get(), ref_hn)
-    assert cuda.calls[-1][1]["stream"] == 9
+    assert _last(cuda, "rnn_forward")["stream"] == 9
     grads = _grads(dtype)
     got = glue.rnn_backward(dev["x"], dev["weight_ih"], dev["weight_hh"], out, dev["h0"],
                             grads=[OnDevice(g) for g in grads])
@@ -235,3 +245,57 @@ def test_bad_arguments_get_the_boundary_messages(cuda, device):
 def test_host_mode_refuses_an_out_that_is_not_an_array(cuda):
     with pytest.raises(TypeError, match="out must be a numpy.ndarray, got list"):
         glue.rnn_forward(**_case(), out=[[[0.0] * H] * B] * T)
+
+
+# ----------------------------------------------------------------------------- streams, devices
+class Library:
+    """What the glue learns from an array library (torch, CuPy): its current stream (77 here)
+    and the tensors it is told a side stream uses (torch's record_stream)."""
+
+    def __init__(self, monkeypatch):
+        self.recorded = []
+        monkeypatch.setattr(glue, "_library", lambda a: "lib" if isinstance(a, OnDevice) else None)
+        monkeypatch.setattr(glue, "_library_device", lambda lib, a: 0)
+        monkeypatch.setattr(glue, "_library_stream", lambda lib, device: 77)
+        monkeypatch.setattr(glue, "_record_stream",
+                            lambda lib, arrays, stream: self.recorded.append((list(arrays), stream)))
+
+
+def test_by_default_a_call_runs_on_the_array_librarys_current_stream(cuda, monkeypatch):
+    lib = Library(monkeypatch)
+    c = _case()
+    out, h_n = glue.rnn_forward(**{k: OnDevice(v) for k, v in c.items()})
+    assert _last(cuda, "rnn_forward")["stream"] == 77                # where the inputs were produced
+    assert not [e for e in cuda.calls if e[0] == "stream_wait"]
+    assert lib.recorded == []                      # nothing used on a side stream
+    ref, _ = F.rnn_forward(**c, backend="cpu")
+    np.testing.assert_array_equal(out.get(), ref)
+
+
+def test_a_call_on_another_stream_waits_for_the_librarys_and_records_its_tensors(cuda, monkeypatch):
+    lib = Library(monkeypatch)
+    c = _case()
+    dev = {k: OnDevice(v) for k, v in c.items()}
+    out, _ = glue.rnn_forward(**dev, stream=5)
+    names = [e[0] for e in cuda.calls]
+    wait = names.index("stream_wait")
+    assert cuda.calls[wait] == ("stream_wait", 5, 77) and wait < names.index("rnn_forward")
+    r = glue.rnn_backward(dev["x"], dev["weight_ih"], dev["weight_hh"], out, dev["h0"], stream=5)
+    # the caller's tensors and every result allocated for the call, on stream 5
+    (fwd_arrays, s1), (bwd_arrays, s2) = lib.recorded
+    assert s1 == s2 == 5
+    assert all(any(a is b for b in fwd_arrays) for a in dev.values())
+    assert all(any(a is b for b in bwd_arrays) for a in r if a is not None)
+    ref = F.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"],
+                         F.rnn_forward(**c, backend="cpu")[0], c["h0"], backend="cpu")
+    np.testing.assert_array_equal(r[0].get(), ref.grad_x)
+
+
+def test_elman_owned_results_are_written_and_read_on_the_calls_stream_on_their_device(cuda):
+    cuda.current = 3   # the caller's current device
+    a = glue.DeviceArray((2, 3), np.float32, device=1, zero=True, stream=9)
+    assert cuda.current == 3 and ("set_device", 1) in cuda.calls
+    assert a.__cuda_array_interface__["stream"] == 9
+    cuda.calls.clear()
+    np.testing.assert_array_equal(a.get(), np.zeros((2, 3), np.float32))
+    assert ("synchronize", 9) in cuda.calls and cuda.current == 3

@@ -119,7 +119,7 @@ void forward_cuda(ForwardArrays& arrays, const std::string& nonlinearity, bool r
   l.stream = reinterpret_cast<void*>(stream);
   l.tier = tier;
   py::gil_scoped_release nogil;
-  cuda::set_device(device);
+  const cuda::CurrentDevice current(device);  // restored when the call returns
   const DeviceLengths lengths(a.shape, l.stream);
   a.shape.lengths = lengths.get();
   rnn_forward_cuda<T>(a, l);
@@ -136,7 +136,7 @@ void backward_cuda(BackwardArrays& arrays, const std::string& nonlinearity, bool
   l.stream = reinterpret_cast<void*>(stream);
   l.tier = tier;
   py::gil_scoped_release nogil;
-  cuda::set_device(device);
+  const cuda::CurrentDevice current(device);  // restored when the call returns
   const DeviceLengths lengths(a.shape, l.stream);
   a.shape.lengths = lengths.get();
   rnn_backward_cuda<T>(a, l);
@@ -277,6 +277,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("runtime_version", &cuda::runtime_version);
   m.def("driver_version", &cuda::driver_version);
   m.def("set_device", &cuda::set_device);
+  m.def("get_device", &cuda::get_device);
   m.def("pointer_device", [](uintptr_t p) { return cuda::pointer_device(reinterpret_cast<const void*>(p)); });
   m.def("synchronize", [](uintptr_t s) {
     py::gil_scoped_release nogil;

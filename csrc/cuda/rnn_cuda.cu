@@ -271,6 +271,11 @@ int driver_version() {
   return v;
 }
 void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+int get_device() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
 int pointer_device(const void* p) {
   cudaPointerAttributes a;
   if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {

@@ -13,6 +13,31 @@ std::string device_name(int device);
 int runtime_version();  // e.g. 13000
 int driver_version();   // 0 when no driver is installed
 void set_device(int device);
+int get_device();  // the calling thread's current device
+
+// Makes `device` current for the object's lifetime and then restores the previous one, so that
+// a call never leaves the caller's current device changed.
+class CurrentDevice {
+ public:
+  explicit CurrentDevice(int device) : saved_(get_device()) {
+    if (device != saved_) set_device(device);
+    set_ = device != saved_;
+  }
+  ~CurrentDevice() {
+    if (set_) {
+      try {
+        set_device(saved_);
+      } catch (...) {
+      }
+    }
+  }
+  CurrentDevice(const CurrentDevice&) = delete;
+  CurrentDevice& operator=(const CurrentDevice&) = delete;
+
+ private:
+  int saved_;
+  bool set_ = false;
+};
 // The device that owns a device (or managed) pointer; -1 for host or unknown memory.
 int pointer_device(const void* p);
 

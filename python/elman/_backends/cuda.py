@@ -15,51 +15,109 @@ from .. import _device
 from . import empty_batch_backward, host_matmul
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _compiled():
     """elman._cuda (present: this backend is resolved only when it imported and found a GPU)."""
     from .. import _cuda
     return _cuda
 
 
+class _OnDevice:
+    """``with _OnDevice(cuda, device):`` makes ``device`` current and restores the previous
+    current device on exit (elman never leaves the process's current device changed)."""
+
+    def __init__(self, cuda, device):
+        self.cuda, self.device = cuda, device
+
+    def __enter__(self):
+        self.saved = self.cuda.get_device()
+        if self.device != self.saved:
+            self.cuda.set_device(self.device)
+
+    def __exit__(self, *exc):
+        if self.device != self.saved:
+            self.cuda.set_device(self.saved)
+
+
 class DeviceArray:
     """Device memory owned by elman, for results when the inputs came from a library elman
-    cannot allocate with. Readable by any consumer of ``__cuda_array_interface__``;
-    ``get()`` copies it to a NumPy array."""
+    cannot allocate with. Readable by any consumer of ``__cuda_array_interface__`` (whose
+    "stream" names the stream that writes it); ``get()`` copies it to a NumPy array after that
+    stream's work."""
 
-    def __init__(self, shape, dtype, device, zero=False):
+    def __init__(self, shape, dtype, device, zero=False, stream=0):
         cuda = _compiled()
         self.shape, self.dtype, self.device = tuple(shape), np.dtype(dtype), device
-        cuda.set_device(device)
-        self._buf = cuda.Buffer(max(1, int(np.prod(self.shape)) * self.dtype.itemsize))
-        if zero:
-            self._buf.upload(np.zeros(self.shape, self.dtype), 0)
-            cuda.synchronize(0)
+        self.stream = stream
+        with _OnDevice(cuda, device):
+            self._buf = cuda.Buffer(max(1, int(np.prod(self.shape)) * self.dtype.itemsize))
+            if zero:  # on the stream that will write it, before that work
+                self._buf.upload(np.zeros(self.shape, self.dtype), stream)
+                cuda.synchronize(stream)
 
     @property
     def __cuda_array_interface__(self):
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self._buf.ptr, False),
-                "strides": None, "version": 3, "stream": None}
+                "strides": None, "version": 3, "stream": self.stream or None}
 
     def get(self):
+        cuda = _compiled()
         host = np.empty(self.shape, self.dtype)
-        self._buf.download(host, 0)
-        _compiled().synchronize(0)
+        with _OnDevice(cuda, self.device):
+            self._buf.download(host, self.stream)
+            cuda.synchronize(self.stream)
         return host
 
 
-def _empty_like(like, shape, dtype, device, zero=False):
+def _library(a):
+    """"torch" or "cupy" for an array of that library (already imported), else None."""
+    lib = type(a).__module__.split(".")[0]
+    return lib if lib in ("torch", "cupy") and lib in sys.modules else None
+
+
+def _library_device(lib, a):
+    """The device index of a torch / CuPy array."""
+    return a.device.index if lib == "torch" else a.device.id
+
+
+def _library_stream(lib, device):
+    """The array library's current stream on ``device`` (a cudaStream_t as an int): where it
+    queued the work that produced its arrays, and where it queues its own allocations' fills."""
+    if lib == "torch":
+        return int(sys.modules["torch"].cuda.current_stream(device).cuda_stream)
+    cupy = sys.modules["cupy"]
+    with cupy.cuda.Device(device):
+        return int(cupy.cuda.get_current_stream().ptr)
+
+
+def _record_stream(lib, arrays, stream):
+    """Tells torch's caching allocator that ``stream`` uses these tensors, so that their memory
+    is not given to another tensor before the work queued there is done (CuPy's pool orders
+    frees on the current stream, which the call waited for; nothing to do)."""
+    if lib != "torch":
+        return
+    torch = sys.modules["torch"]
+    ext = torch.cuda.ExternalStream(stream)
+    for a in arrays:
+        if isinstance(a, torch.Tensor):
+            a.record_stream(ext)
+
+
+def _empty_like(like, shape, dtype, device, zero=False, stream=0):
     """A new device array on ``device`` of the same library as ``like`` (torch, CuPy) when
-    that library is already imported, else a :class:`DeviceArray`."""
-    lib = type(like).__module__.split(".")[0]
-    if lib == "torch" and "torch" in sys.modules:
+    that library is already imported, else a :class:`DeviceArray` written on ``stream``. The
+    library fills its zeros on its current stream, which the call waits for (_Operands)."""
+    lib = _library(like)
+    if lib == "torch":
         torch = sys.modules["torch"]
         make = torch.zeros if zero else torch.empty
         return make(shape, dtype=getattr(torch, np.dtype(dtype).name), device=f"cuda:{device}")
-    if lib == "cupy" and "cupy" in sys.modules:
+    if lib == "cupy":
         cupy = sys.modules["cupy"]
         with cupy.cuda.Device(device):
             return (cupy.zeros if zero else cupy.empty)(shape, dtype)
-    return DeviceArray(shape, dtype, device, zero)
+    return DeviceArray(shape, dtype, device, zero, stream)
 
 
 class _Operands:
@@ -68,7 +126,6 @@ class _Operands:
     through device copies (copied back by :meth:`finish`)."""
 
     def __init__(self, arrays, stream):
-        self.stream = _device.stream_handle(stream)
         present = {k: v for k, v in arrays.items() if v is not None}
         on_device = {k: _device.is_device_array(v, k) for k, v in present.items()}
         dev = [k for k, d in on_device.items() if d]
@@ -79,10 +136,21 @@ class _Operands:
                             "back) or every array on one CUDA device")
         self.on_device = bool(dev)
         self.given = present
+        # The stream: the caller's; by default, for torch tensors and CuPy arrays, their
+        # library's current stream (where their producers ran), else the legacy default stream.
+        self.lib, self.lib_stream, self.made = None, None, []
+        if self.on_device:
+            self.like = present[dev[0]]  # results come from the same library
+            self.lib = _library(self.like)
+            if self.lib is not None:
+                self.lib_stream = _library_stream(self.lib, _library_device(self.lib, self.like))
+        if stream is None and self.lib_stream is not None:
+            self.stream = self.lib_stream
+        else:
+            self.stream = _device.stream_handle(stream)
         if self.on_device:
             cuda = _compiled()
             self.arrays = {k: _device.describe(v, k, cuda, self.stream) for k, v in present.items()}
-            self.like = next(iter(present.values()))  # results come from the same library
             self.device = next((v.device for v in self.arrays.values() if v.device is not None), 0)
         else:
             self.arrays = {k: _host(v) for k, v in present.items()}
@@ -101,7 +169,9 @@ class _Operands:
         """A result array: NumPy on the host, else of the inputs' library on their device."""
         if not self.on_device:
             return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-        return _empty_like(self.like, shape, dtype, self.device, zero)
+        a = _empty_like(self.like, shape, dtype, self.device, zero, self.stream)
+        self.made.append(a)
+        return a
 
     def input(self, name):
         """The argument as elman._cuda takes it (a DeviceView), or None."""
@@ -120,16 +190,22 @@ class _Operands:
         return self.staging.out(a, name, initial)
 
     def launch(self, fn, **kwargs):
-        """Calls elman._cuda's ``fn`` on this call's stream, after the streams the arrays'
-        producers named (device arrays), and waits for the copies back (host arrays)."""
+        """Calls elman._cuda's ``fn`` on this call's stream (it makes the arrays' device current
+        and restores the previous one), after the work of the streams the arrays' producers
+        named and of their library's current stream (the producers, and the zero fills of the
+        results allocated here), and waits for the copies back (host arrays). torch tensors
+        used on a stream other than torch's current one are recorded on it."""
         if self.on_device:
             cuda = _compiled()
-            for v in self.arrays.values():
-                if isinstance(v.stream, int) and v.stream != self.stream:
-                    cuda.stream_wait(self.stream, v.stream)
+            waits = {v.stream for v in self.arrays.values() if isinstance(v.stream, int)}
+            waits.add(self.lib_stream)
+            for other in sorted(w for w in waits if w is not None and w != self.stream):
+                cuda.stream_wait(self.stream, other)
         fn(**kwargs, stream=self.stream)
         if not self.on_device:
             self.staging.finish()
+        elif self.lib_stream is not None and self.stream != self.lib_stream:
+            _record_stream(self.lib, [*self.given.values(), *self.made], self.stream)
 
 
 def _host(a):
