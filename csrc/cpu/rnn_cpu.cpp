@@ -53,7 +53,7 @@ struct Forward {
   Scratch<const T*> prev_rows;  // [parts, B]: a step's previous state per row (variable lengths)
   Scratch<uint8_t> valid_rows;  // [parts, B]: a step's valid rows
   Gemm<T> proj;                 // x W_ih^T over all T*B rows
-  int proj_parts = 0, chunk_parts = 0, pack_parts = 0;
+  int proj_parts = 0, chunk_parts = 0, pack_parts = 0, wih_parts = 0;
   FwdStep<T> base;              // what every step shares
 
   Forward(const RnnForwardArgs<T>& args, int threads)
@@ -71,10 +71,11 @@ struct Forward {
     const bool chunked = sc.chunks.on;
     proj_parts = chunked ? 0 : gemm_parts(sh.T * B, H, I, threads);
     chunk_parts = chunked ? gemm_parts(sc.chunks.steps * B, H, I, threads) : 0;
-    pack_parts = int(std::min<int64_t>(threads, Whh.count()));  // each matrix
-    sc.before = proj_parts + pack_parts + (chunked ? pack_parts : 0);
+    pack_parts = Whh.parts(threads);
+    wih_parts = Wih.parts(threads);  // 0 unless chunked
+    sc.before = proj_parts + pack_parts + wih_parts;
     sc.side = chunk_parts;
-    sc.threads = std::max({sc.rec.parts, proj_parts, chunk_parts, pack_parts});
+    sc.threads = std::max({sc.rec.parts, proj_parts, chunk_parts, pack_parts, wih_parts});
     proj.stop = sc.stop;
     base.H = H;
     base.act = sh.act;
@@ -89,7 +90,7 @@ struct Forward {
   void before(int64_t i) const {
     if (i < proj_parts) proj.run_part(int(i), proj_parts);
     else if (i < proj_parts + pack_parts) Whh.pack_part(int(i - proj_parts), pack_parts);
-    else Wih.pack_part(int(i - proj_parts - pack_parts), pack_parts);
+    else Wih.pack_part(int(i - proj_parts - pack_parts), wih_parts);
   }
 
   void step(int64_t s, int64_t r0, int64_t r1, int64_t p0, int64_t p1, int part) const {
@@ -302,9 +303,9 @@ void Backward<T>::plan_parts(int threads) {
   xpc = fused_x ? gemm_parts(sc.chunks.steps * B, I, H, threads) : 0;
   wpa = fused ? 0 : wp;
   xpa = fused_x ? 0 : xp;
-  ipp = int(std::min<int64_t>(threads, Wih.count()));
+  ipp = Wih.parts(threads);
   sc.threads = std::max({sc.rec.parts, wp, xp, hp, wpc, xpc, ipp});
-  pp = int(std::min<int64_t>(sc.threads, Whh.count()));
+  pp = Whh.parts(sc.threads);
   sc.before = pp + ipp;
   sc.side = wpc + xpc;
   sc.after[0] = sc.uniform ? 0 : sc.threads;

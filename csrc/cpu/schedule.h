@@ -108,6 +108,13 @@ struct Packed {
         panels(wanted ? plan(k, N_) : std::vector<Panel>()),
         data(wanted ? (panels.back().offset + int64_t(panels.back().nv) * k.width) * K_ : 1) {}
   int64_t count() const { return int64_t(panels.size()); }
+  // Parts to copy it in: none when not wanted, one when small (below 2^16 elements, a few
+  // microseconds: waking a second thread would cost more than it saves, and a call whose
+  // recurrence runs alone then opens no region for more threads), else one per thread.
+  int parts(int threads) const {
+    if (count() == 0) return 0;
+    return K * N < (int64_t(1) << 16) ? 1 : int(std::min<int64_t>(threads, count()));
+  }
   // Panels of part q of P.
   void pack_part(int q, int P) const {
     int64_t lo, hi;
