@@ -48,7 +48,8 @@ def rnn_forward(x, weight_ih, weight_hh, bias_ih=None, bias_hh=None, h0=None, le
     backend="cuda" (or "auto" given CUDA device arrays): NumPy arrays are copied to the GPU and
     back; device arrays (torch, CuPy: ``__cuda_array_interface__`` or ``__dlpack__``) are used in
     place and results come back on the same device. ``stream`` (cuda only): a cudaStream_t int or
-    a torch / CuPy stream (default: the legacy default stream).
+    a torch / CuPy stream (default: the array library's current stream for torch / CuPy arrays,
+    else the legacy default stream).
     """
     be = _backend.resolve(backend, x, weight_hh, h0, out, stream=stream)
     if be.device:  # all arrays on the host or all on one device: see elman.backends.cuda
