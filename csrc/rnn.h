@@ -113,6 +113,21 @@ void rnn_forward_cpu(const RnnForwardArgs<scalar_t>& a);
 template <typename scalar_t>
 void rnn_backward_cpu(const RnnBackwardArgs<scalar_t>& a);
 
+// Several calls at once (the two directions of a bidirectional layer), meaning what the same
+// calls made one after another in order mean. When no call's batch rows are split between the
+// threads (small B: each call is one chain of dependent steps) and no call writes memory that
+// another reads or writes, each call runs alone on its own thread, all at the same time. A
+// backward call that adds into (accumulate_grad_x) the grad_x an earlier call writes then
+// writes its share to scratch, added after all the calls, in call order. Results depend only on
+// the calls and the configured thread count.
+template <typename scalar_t>
+void rnn_forward_calls_cpu(const RnnForwardArgs<scalar_t>* calls, int n);
+template <typename scalar_t>
+void rnn_backward_calls_cpu(const RnnBackwardArgs<scalar_t>* calls, int n);
+// For tests: the calls that would run at the same time run one after another on the calling
+// thread instead (the same work, so bitwise the same results).
+void set_concurrent_calls(bool on);
+
 // One step of an RNNCell (streaming inference, one time step per call), for B rows:
 //   h1[b] = f(W_ih x[b] + b_ih + W_hh h[b] + b_hh),   f = tanh | relu
 // Every array contiguous. Small steps (see kSmallCellStep) take a few microseconds, so a binding

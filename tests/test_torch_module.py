@@ -419,19 +419,20 @@ def test_kernels_get_zero_copy_views_one_call_per_layer_and_direction(monkeypatc
     calls = {"forward": 0, "backward": 0}
     params = [p.detach().numpy() for p in em.parameters()]
     cpu = et.F._backend.resolve("cpu")  # the backend object every layer loop calls
-    real_fwd, real_bwd = cpu.forward, cpu.backward
+    real_fwd, real_bwd = cpu.forward_calls, cpu.backward_calls
 
-    def fwd(x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs):
-        calls["forward"] += 1
-        for w in (w_ih, w_hh, b_ih, b_hh):  # the parameters' own memory, not a copy
-            assert any(w is not None and np.shares_memory(w, p) for p in params)
-        return real_fwd(x_, w_ih, w_hh, b_ih, b_hh, *args, **kwargs)
+    def fwd(many):  # the two directions of a layer come in one forward_calls
+        for x_, w_ih, w_hh, b_ih, b_hh, *_ in many:
+            calls["forward"] += 1
+            for w in (w_ih, w_hh, b_ih, b_hh):  # the parameters' own memory, not a copy
+                assert any(w is not None and np.shares_memory(w, p) for p in params)
+        return real_fwd(many)
 
-    def bwd(*args, **kwargs):
-        calls["backward"] += 1
-        return real_bwd(*args, **kwargs)
-    monkeypatch.setattr(cpu, "forward", fwd)
-    monkeypatch.setattr(cpu, "backward", bwd)
+    def bwd(many):
+        calls["backward"] += len(many)
+        return real_bwd(many)
+    monkeypatch.setattr(cpu, "forward_calls", fwd)
+    monkeypatch.setattr(cpu, "backward_calls", bwd)
     out, h_n = em(x)
     (out.sum() + h_n.sum()).backward()
     assert calls == {"forward": 4, "backward": 4}  # 2 layers x 2 directions, whole sequence each

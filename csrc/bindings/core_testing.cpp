@@ -1,5 +1,6 @@
 // elman._core._testing: hooks for tests and benchmarks, not an API: the kernels' own product and
-// tanh, the binding's size check, the BLAS's splitting limits and a plain BLAS product.
+// tanh, the binding's size check, the BLAS's splitting limits, a plain BLAS product and the
+// calls that run at the same time run one after another.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "../cpu/blas.h"
+#include "../rnn.h"
 #include "../cpu/kernels.h"
 #include "../cpu/threads.h"
 #include "args.h"
@@ -86,6 +88,11 @@ void register_testing(py::module_& m) {
       py::arg("max_dim"), py::arg("max_ld"),
       "Tests only: the largest size and leading dimension handed to the BLAS in one piece "
       "(defaults 2**30 and 2**31 - 1), lowered to run the splitting paths on small arrays.");
+
+  m.def(
+      "set_concurrent_calls", [](bool on) { set_concurrent_calls(on); }, py::arg("on"),
+      "Tests only: False runs the calls that rnn_forward_calls / rnn_backward_calls would run at "
+      "the same time one after another on the calling thread (the same work, bit for bit).");
 
   m.def("blas_buffers", [] { return cpu::blas_buffers(); },
         "The BLAS work buffers elman has made the BLAS take (threads.h's reserve_blas).");

@@ -157,11 +157,16 @@ def rnn_layers_forward(x, weights, h0=None, lengths=None, nonlinearity="tanh", *
     inp, mask = x, None  # mask: the dropout mask that produced inp (None: none)
     for k in range(L):
         out = empty((T, B, D * H), dtype, f"the output of layer {k}")
+        calls = []
         for d in range(D):
             w_ih, w_hh, b_ih, b_hh = weights[k * D + d]
-            be.forward(inp, w_ih, w_hh, b_ih, b_hh, None if h0 is None else h0[k * D + d],
-                       lengths, nonlinearity, d == 1,
-                       out[:, :, d * H:(d + 1) * H] if D > 1 else out, h_n[k * D + d])
+            calls.append((inp, w_ih, w_hh, b_ih, b_hh, None if h0 is None else h0[k * D + d],
+                          lengths, nonlinearity, d == 1,
+                          out[:, :, d * H:(d + 1) * H] if D > 1 else out, h_n[k * D + d]))
+        if D > 1:  # the directions are independent: at small batch they run at the same time
+            be.forward_calls(calls)
+        else:
+            be.forward(*calls[0])
         if record:
             tape.append((inp, out, mask))
         inp, mask = out, None
@@ -196,15 +201,21 @@ def rnn_layers_backward(tape, weights, grads, h0=None, lengths=None, nonlinearit
         gx = None
         if k > 0 or want_grad_x:
             gx = empty(inp.shape, dtype, f"the input gradient of layer {k}")
+        calls = []
         for d in range(D):
             w_ih, w_hh, _, _ = weights[k * D + d]
             cols = slice(d * H, (d + 1) * H) if D > 1 else slice(None)
             norms[k * D + d] = np.empty(T)
-            be.backward(inp, w_ih, w_hh, out[:, :, cols], None if h0 is None else h0[k * D + d],
-                        None if g_layer is None else g_layer[:, :, cols],
-                        None if grad_h_n is None else grad_h_n[k * D + d], lengths, nonlinearity,
-                        d == 1, gx, d > 0, None if grad_h0 is None else grad_h0[k * D + d],
-                        grads[k * D + d], norms[k * D + d])
+            calls.append((inp, w_ih, w_hh, out[:, :, cols], None if h0 is None else h0[k * D + d],
+                          None if g_layer is None else g_layer[:, :, cols],
+                          None if grad_h_n is None else grad_h_n[k * D + d], lengths,
+                          nonlinearity, d == 1, gx, d > 0,
+                          None if grad_h0 is None else grad_h0[k * D + d], grads[k * D + d],
+                          norms[k * D + d]))
+        if D > 1:
+            be.backward_calls(calls)
+        else:
+            be.backward(*calls[0])
         if mask is not None:
             gx *= mask
         g_layer = gx

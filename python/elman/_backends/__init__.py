@@ -9,6 +9,9 @@ A backend object has ``name`` and ``device`` (True when it takes CUDA device arr
   reverse, grad_x, accumulate_grad_x, grad_h0, grads, grad_norms)``: BPTT through that call;
   adds into ``grads`` = (dW_ih, dW_hh, db_ih or None, db_hh or None); writes (or adds into)
   grad_x, writes grad_h0 and grad_norms; grad_x / grad_h0 None: not wanted.
+- ``forward_calls(calls)`` / ``backward_calls(calls)``: several such calls (tuples of their
+  arguments in order, e.g. the two directions of a bidirectional layer), meaning the calls
+  one after another; the cpu backend runs independent calls at the same time at small batch.
 - ``cell_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)``: one RNNCell step
   for arguments that fit exactly (x (B, I) or (I,), h like it or None), else None.
 - ``matmul(a, b, out, trans_a, trans_b, beta)``: out = op(a) op(b) + beta * out.
@@ -36,3 +39,16 @@ def host_matmul(a, b, out, trans_a, trans_b, beta):
         out += prod
     else:
         out[...] = prod
+
+
+class OneAfterAnother:
+    """``forward_calls`` / ``backward_calls`` as the calls one after another (the backends
+    without a way to run calls at the same time)."""
+
+    def forward_calls(self, calls):
+        for call in calls:
+            self.forward(*call)
+
+    def backward_calls(self, calls):
+        for call in calls:
+            self.backward(*call)

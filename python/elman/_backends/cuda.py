@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from .. import _device
-from . import empty_batch_backward, host_matmul
+from . import OneAfterAnother, empty_batch_backward, host_matmul
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -330,7 +330,7 @@ def rnn_backward(x, weight_ih, weight_hh, out, h0=None, grad_out=None, grad_h_n=
     return (gx, gh0, *dW, norms)
 
 
-class CudaBackend:
+class CudaBackend(OneAfterAnother):
     """The backend object for host (NumPy) arrays on the GPU: each call copies its arrays to the
     device and the results back (see ``elman._backends`` for the interface)."""
 

@@ -3,10 +3,10 @@ for comparisons and for machines where it is asked for by name. It is the oracle
 fallback: backend="auto" does not choose it."""
 
 from .. import reference
-from . import empty_batch_backward, host_matmul
+from . import OneAfterAnother, empty_batch_backward, host_matmul
 
 
-class NumpyBackend:
+class NumpyBackend(OneAfterAnother):
     """The backend object over ``elman.reference`` (see ``elman._backends`` for the interface)."""
 
     name = "numpy"
