@@ -124,6 +124,14 @@ template <typename scalar_t>
 void rnn_forward_calls_cpu(const RnnForwardArgs<scalar_t>* calls, int n);
 template <typename scalar_t>
 void rnn_backward_calls_cpu(const RnnBackwardArgs<scalar_t>* calls, int n);
+// A stack of layers in one direction: calls[l + 1].x is calls[l].out (forward), and in the
+// backward (calls from the top layer down) calls[k + 1].grad_out is calls[k].grad_x; meaning
+// the calls one after another. At small batch, with sequences of T steps, the layers run as a
+// wavefront (layer l + 1 one chunk of steps behind layer l, each on its own thread).
+template <typename scalar_t>
+void rnn_forward_layers_cpu(const RnnForwardArgs<scalar_t>* calls, int n);
+template <typename scalar_t>
+void rnn_backward_layers_cpu(const RnnBackwardArgs<scalar_t>* calls, int n);
 // For tests: the calls that would run at the same time run one after another on the calling
 // thread instead (the same work, so bitwise the same results).
 void set_concurrent_calls(bool on);

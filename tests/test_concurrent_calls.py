@@ -1,8 +1,10 @@
-"""Several kernel calls at once (rnn.h's rnn_forward_calls_cpu / rnn_backward_calls_cpu, the
-binding's rnn_forward_calls / rnn_backward_calls): the two directions of a bidirectional layer
-run at the same time at small batch. Results against the reference; the concurrent schedule
-bitwise equal to the same work run one after another for a fixed thread count; calls that share
-memory fall back to one after another; bad calls are refused before anything is written."""
+"""Several kernel calls at once (rnn.h's rnn_forward_calls_cpu / rnn_backward_calls_cpu and the
+stack's rnn_forward_layers_cpu / rnn_backward_layers_cpu, the binding's rnn_*_calls and
+rnn_*_layers): at small batch the two directions of a bidirectional layer run at the same time,
+and the layers of a one-direction stack run as a wavefront (one chunk of steps apart). Results
+against the reference; the concurrent schedules bitwise equal to the same work run one after
+another for a fixed thread count; calls that share memory, or layers that are not a chain, fall
+back to one after another; bad calls are refused before anything is written."""
 
 import numpy as np
 import pytest
@@ -43,23 +45,31 @@ def _run(rnn, x, lengths, seed):
     return [out, h_n, gx, gh0], grads
 
 
-# (T, B, I, H): B = 1 and 3 (rows never split with 2-3 threads: the directions run at the same
+# (T, B, I, H): B = 1 and 3 (rows never split with 2-3 threads: the calls run at the same
 # time), H = 300 (a step of 90000 multiply-adds, which one call alone would split by column
-# panels), and B = 16 (rows split with 2-3 threads: the calls run one after another).
-SHAPES = [(40, 1, 5, 33), (9, 3, 7, 17), (6, 1, 4, 300), (12, 16, 5, 70)]
+# panels), B = 16 (rows split with 2-3 threads: the calls run one after another); T = 40 and 33
+# give a wavefront of 3 chunks (the last one short), T = 100 of 7, T < 32 none.
+SHAPES = [(40, 1, 5, 33), (100, 3, 7, 17), (9, 3, 7, 17), (33, 1, 4, 300), (6, 1, 4, 300),
+          (40, 16, 5, 70)]
+
+
+# A stack: (layers, bidirectional). One direction with 2-3 layers takes the wavefront (with
+# sequences of T >= 32 steps: chunks of max(16, T / 16) steps), bidirectional the concurrent
+# directions.
+STACKS = {"bidirectional": (1, True), "2 layers bidirectional": (2, True),
+          "2 layers": (2, False), "3 layers": (3, False)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("stack", list(STACKS))
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_bidirectional_matches_reference(isa, threads, shape, layers, with_lengths, dtype):
+def test_stacks_match_reference(isa, threads, shape, stack, with_lengths, dtype):
     T, B, I, H = shape
-    lengths = (np.arange(B) % T) + max(1, T - 3) if with_lengths else None
-    if lengths is not None:
-        lengths = np.minimum(lengths, T)
+    lengths = np.minimum(np.arange(B) + T - 2, T) if with_lengths else None
     x = np.random.default_rng(T * B).standard_normal((T, B, I)).astype(dtype)
-    kw = dict(num_layers=layers, bidirectional=True, seed=3, dtype=dtype)
+    layers, bidirectional = STACKS[stack]
+    kw = dict(num_layers=layers, bidirectional=bidirectional, seed=3, dtype=dtype)
     got, got_w = _run(elman.RNN(I, H, **kw), x, lengths, 1)
     ref, ref_w = _run(elman.RNN(I, H, backend="numpy", **kw), x, lengths, 1)
     for name, a, b in zip(["out", "h_n", "grad_x", "grad_h0"], got, ref):
@@ -71,9 +81,10 @@ def test_bidirectional_matches_reference(isa, threads, shape, layers, with_lengt
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("stack", ["2 layers bidirectional", "3 layers"])
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("n", [2, 3])
-def test_concurrent_is_bitwise_one_after_another(n, shape, with_lengths, dtype):
+def test_concurrent_is_bitwise_one_after_another(n, shape, stack, with_lengths, dtype):
     """For a fixed thread count, the calls at the same time give exactly what the same work one
     after another gives (each call's plan does not depend on which thread runs it)."""
     T, B, I, H = shape
@@ -85,7 +96,9 @@ def test_concurrent_is_bitwise_one_after_another(n, shape, with_lengths, dtype):
         runs = []
         for concurrent in (True, False):
             core._testing.set_concurrent_calls(concurrent)
-            rnn = elman.RNN(I, H, num_layers=2, bidirectional=True, seed=5, dtype=dtype)
+            layers, bidirectional = STACKS[stack]
+            rnn = elman.RNN(I, H, num_layers=layers, bidirectional=bidirectional, seed=5,
+                            dtype=dtype)
             outs, grads = _run(rnn, x, lengths, 2)
             runs.append(outs + grads)
     finally:
@@ -169,3 +182,49 @@ def test_one_after_another_fixture_restores(one_after_another):
                             backend="numpy"), x, None, 0)
     for a, b in zip(got, ref):
         assert_close(a, b, np.float64)
+
+
+def test_layers_that_are_not_a_chain_run_one_after_another():
+    """rnn_forward_layers with a second call whose x is not the first call's out: the calls one
+    after another (bitwise each call alone with the same threads)."""
+    previous = elman.get_num_threads()
+    elman.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(4)
+        first = _forward_call(rng, 64, 1, 6, 6, np.float32, False)
+        second = _forward_call(rng, 64, 1, 6, 20, np.float32, False)  # its own x
+        core.rnn_forward_layers([first, second])
+        for c in (first, second):
+            out, h_n = np.empty_like(c[9]), np.empty_like(c[10])
+            core.rnn_forward(*c[:9], out, h_n)
+            assert np.array_equal(out, c[9]) and np.array_equal(h_n, c[10])
+    finally:
+        elman.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wavefront_with_states_and_final_gradients(dtype):
+    """A 3-layer stack of 70 steps (5 chunks) at B = 2 with h0 and grad_h_n through
+    elman.functional against the reference, with two threads."""
+    T, B, I, H = 70, 2, 3, 24
+    rng = np.random.default_rng(6)
+    kw = dict(num_layers=3, seed=7, dtype=dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((3, B, H)).astype(dtype)
+    previous = elman.get_num_threads()
+    elman.set_num_threads(2)
+    try:
+        results = []
+        for backend in ("cpu", "numpy"):
+            rnn = elman.RNN(I, H, backend=backend, **kw)
+            out, h_n = rnn(x, h0)
+            gx, gh0 = rnn.backward(np.tanh(out), np.cos(h_n))
+            results.append(([out, h_n, gx, gh0], [p.grad.copy() for p in rnn.parameters()]))
+    finally:
+        elman.set_num_threads(previous)
+    (got, got_w), (ref, ref_w) = results
+    for name, a, b in zip(["out", "h_n", "grad_x", "grad_h0"], got, ref):
+        assert_close(a, b, dtype, what=name)
+    scale = max_abs(*ref_w)
+    for k, (a, b) in enumerate(zip(got_w, ref_w)):
+        assert_close(a, b, dtype, kind="weight", what=f"parameter {k}", scale=scale)

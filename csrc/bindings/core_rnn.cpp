@@ -39,9 +39,10 @@ struct BackwardCall {
   bool reverse, accumulate_grad_x;
 };
 
-// Forward calls, one after another or at once (rnn.h's rnn_forward_calls_cpu).
+// Forward calls, one after another or at once (rnn.h's rnn_forward_calls_cpu), or a stack of
+// layers (rnn_forward_layers_cpu).
 template <typename T>
-void forward_cpu(std::vector<ForwardCall>& calls) {
+void forward_cpu(std::vector<ForwardCall>& calls, bool layers = false) {
   std::vector<RnnForwardArgs<T>> a;
   double macs = 0.0;
   for (ForwardCall& c : calls) {
@@ -53,7 +54,11 @@ void forward_cpu(std::vector<ForwardCall>& calls) {
   run_stoppable(intr,
                 "rnn_forward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
                 "buffers, the BLAS's work buffers); no output was written",
-                [&] { rnn_forward_calls_cpu<T>(a.data(), int(a.size())); }, [] {});
+                [&] {
+                  if (layers) rnn_forward_layers_cpu<T>(a.data(), int(a.size()));
+                  else rnn_forward_calls_cpu<T>(a.data(), int(a.size()));
+                },
+                [] {});
 }
 
 // What a stoppable backward adds into the caller's arrays, copied before the call so that a
@@ -70,7 +75,7 @@ struct Accumulators {
 };
 
 template <typename T>
-void backward_cpu(std::vector<BackwardCall>& calls) {
+void backward_cpu(std::vector<BackwardCall>& calls, bool layers = false) {
   std::vector<RnnBackwardArgs<T>> a;
   std::vector<py::array> dz;
   double macs = 0.0;
@@ -100,7 +105,10 @@ void backward_cpu(std::vector<BackwardCall>& calls) {
   run_stoppable(intr,
                 "rnn_backward: cannot allocate the kernel's scratch memory (packed W_hh, per-row "
                 "buffers, the BLAS's work buffers); no output was written",
-                [&] { rnn_backward_calls_cpu<T>(a.data(), int(a.size())); },
+                [&] {
+                  if (layers) rnn_backward_layers_cpu<T>(a.data(), int(a.size()));
+                  else rnn_backward_calls_cpu<T>(a.data(), int(a.size()));
+                },
                 [&] { acc.restore(); });
 }
 
@@ -205,21 +213,27 @@ void register_rnn(py::module_& m) {
       py::arg("lengths"), py::arg("nonlinearity"), py::arg("reverse"), py::arg("out"), py::arg("h_n"),
       "Fused forward of one layer and direction; writes out [T, B, H] (any row stride) and h_n [B, H].");
 
-  m.def(
-      "rnn_forward_calls",
-      [](py::sequence seq) {
-        std::vector<ForwardCall> calls;
-        for (py::handle item : seq) {
-          const py::tuple t = call_tuple(item, 11, "rnn_forward_calls");
-          calls.push_back(forward_call(t[0], t[1], t[2], t[3], t[4], t[5], t[6],
-                                       str_arg(t[7], "nonlinearity"), bool_arg(t[8], "reverse"),
-                                       t[9], t[10]));
-        }
-        run_calls(calls, [&](auto tag) { forward_cpu<decltype(tag)>(calls); });
-      },
-      py::arg("calls"),
-      "Several rnn_forward calls (tuples of its arguments in order), meaning the calls one after "
-      "another; at small batch, independent calls run at the same time on different threads.");
+  for (const bool layers : {false, true}) {
+    m.def(
+        layers ? "rnn_forward_layers" : "rnn_forward_calls",
+        [layers](py::sequence seq) {
+          std::vector<ForwardCall> calls;
+          for (py::handle item : seq) {
+            const py::tuple t = call_tuple(item, 11, layers ? "rnn_forward_layers" : "rnn_forward_calls");
+            calls.push_back(forward_call(t[0], t[1], t[2], t[3], t[4], t[5], t[6],
+                                         str_arg(t[7], "nonlinearity"), bool_arg(t[8], "reverse"),
+                                         t[9], t[10]));
+          }
+          run_calls(calls, [&](auto tag) { forward_cpu<decltype(tag)>(calls, layers); });
+        },
+        py::arg("calls"),
+        layers ? "A stack of layers (tuples of rnn_forward's arguments, the bottom layer first, "
+                 "each layer's out the next one's x), meaning the calls one after another; at "
+                 "small batch the layers run as a wavefront, one chunk of steps apart."
+               : "Several rnn_forward calls (tuples of its arguments in order), meaning the calls "
+                 "one after another; at small batch, independent calls run at the same time on "
+                 "different threads.");
+  }
 
   m.def(
       "rnn_backward",
@@ -239,22 +253,28 @@ void register_rnn(py::module_& m) {
       py::arg("dW_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("grad_norms"),
       "Fused BPTT of one layer and direction; accumulates into dW_ih, dW_hh, db_ih, db_hh.");
 
-  m.def(
-      "rnn_backward_calls",
-      [](py::sequence seq) {
-        std::vector<BackwardCall> calls;
-        for (py::handle item : seq) {
-          const py::tuple t = call_tuple(item, 18, "rnn_backward_calls");
-          calls.push_back(backward_call(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7],
-                                        str_arg(t[8], "nonlinearity"), bool_arg(t[9], "reverse"),
-                                        t[10], bool_arg(t[11], "accumulate_grad_x"), t[12], t[13],
-                                        t[14], t[15], t[16], t[17]));
-        }
-        run_calls(calls, [&](auto tag) { backward_cpu<decltype(tag)>(calls); });
-      },
-      py::arg("calls"),
-      "Several rnn_backward calls (tuples of its arguments in order), meaning the calls one after "
-      "another; at small batch, independent calls run at the same time on different threads.");
+  for (const bool layers : {false, true}) {
+    m.def(
+        layers ? "rnn_backward_layers" : "rnn_backward_calls",
+        [layers](py::sequence seq) {
+          std::vector<BackwardCall> calls;
+          for (py::handle item : seq) {
+            const py::tuple t = call_tuple(item, 18, layers ? "rnn_backward_layers" : "rnn_backward_calls");
+            calls.push_back(backward_call(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7],
+                                          str_arg(t[8], "nonlinearity"), bool_arg(t[9], "reverse"),
+                                          t[10], bool_arg(t[11], "accumulate_grad_x"), t[12], t[13],
+                                          t[14], t[15], t[16], t[17]));
+          }
+          run_calls(calls, [&](auto tag) { backward_cpu<decltype(tag)>(calls, layers); });
+        },
+        py::arg("calls"),
+        layers ? "BPTT through a stack of layers (tuples of rnn_backward's arguments, the top "
+                 "layer first, each layer's grad_x the grad_out of the layer below), meaning the "
+                 "calls one after another; at small batch the layers run as a wavefront."
+               : "Several rnn_backward calls (tuples of its arguments in order), meaning the calls "
+                 "one after another; at small batch, independent calls run at the same time on "
+                 "different threads.");
+  }
 
   m.def(
       "matmul",

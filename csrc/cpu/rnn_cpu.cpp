@@ -59,10 +59,11 @@ struct Forward {
   int proj_parts = 0, chunk_parts = 0, pack_parts = 0, wih_parts = 0;
   FwdStep<T> base;              // what every step shares
 
-  Forward(const RnnForwardArgs<T>& args, int threads)
+  Forward(const RnnForwardArgs<T>& args, int threads, int64_t chunk_steps = 0)
       : a(args), sh(args.shape), K(cpu::kernels<T>()), B(sh.B), I(sh.I), H(sh.H), ld(args.ld_out),
         Whh(K, a.w.W_hh, H, true, H, H),
-        sc(cpu::plan_schedule(sh, false, Whh.count(), threads, double(I + H) * sizeof(T))),
+        sc(cpu::plan_schedule(sh, false, Whh.count(), threads, double(I + H) * sizeof(T),
+                              chunk_steps)),
         Wih(K, a.w.W_ih, I, true, I, H, sc.chunks.on),
         bias(H), zeros(H),
         prev_rows(sc.uniform ? 1 : sc.rec.parts * B), valid_rows(sc.uniform ? 1 : sc.rec.parts * B),
@@ -173,7 +174,7 @@ struct Backward {
   int pp = 0, ipp = 0;          // packing parts of W_hh and W_ih
   BwdStep<T> base;              // what every step shares
 
-  Backward(const RnnBackwardArgs<T>& args, int threads);
+  Backward(const RnnBackwardArgs<T>& args, int threads, int64_t chunk_steps = 0);
 
   void before(int64_t i) const {
     if (i < pp) Whh.pack_part(int(i), pp);
@@ -247,11 +248,12 @@ struct Backward {
 };
 
 template <typename T>
-Backward<T>::Backward(const RnnBackwardArgs<T>& args, int threads)
+Backward<T>::Backward(const RnnBackwardArgs<T>& args, int threads, int64_t chunk_steps)
     : a(args), sh(args.shape), K(cpu::kernels<T>()), nT(sh.T), B(sh.B), I(sh.I), H(sh.H),
       ld(args.ld_out), dz(args.dz), want_db(args.db_ih || args.db_hh),
       Whh(K, a.w.W_hh, H, false, H, H),
-      sc(cpu::plan_schedule(sh, true, Whh.count(), threads, double(2 * H + I) * sizeof(T))),
+      sc(cpu::plan_schedule(sh, true, Whh.count(), threads, double(2 * H + I) * sizeof(T),
+                            chunk_steps)),
       Wih(K, a.w.W_ih, I, false, H, I, sc.chunks.on && a.grad_x && I > 0),
       zeros(H), first(sc.uniform ? 1 : B * H),
       sumsq(a.grad_norms ? sc.rec.parts * nT : 1), dbsum(want_db ? sc.rec.parts * H : 1),
@@ -645,6 +647,122 @@ void rnn_backward_calls_cpu(const RnnBackwardArgs<T>* given, int n) {
   }
 }
 
+// ==================================================================================== layers
+// A stack of layers in one direction, each layer's out the next one's x (forward), each
+// layer's grad_out the grad_x of the layer above (backward, calls from the top), as a
+// wavefront: the steps are cut into chunks, and in round r the k-th call works on chunk r - k
+// (forward: the chunk's input projection, then its recurrence; backward: the recurrence, then
+// the chunk's weight and input gradients), all on its own plan for one thread. With two
+// threads two layers run at the same time, one chunk apart, where each alone is one chain of
+// dependent steps (small batch).
+namespace {
+
+// Steps per chunk of the wavefront: ~16 chunks (the pipeline's fill and drain cost one chunk
+// per layer), at least 16 steps (each round ends in a wait for the other threads).
+constexpr int64_t kWaveChunks = 16, kWaveMinSteps = 16;
+
+// The wavefront's chunk steps for these calls, or 0 when they run one after another: two or
+// more calls and threads, every call's rows in one part (concurrent_plan), sequences of T
+// steps, the same T, B and direction everywhere, and at least two chunks.
+template <typename Args>
+int64_t wavefront_steps(const Args* calls, int n, int threads) {
+  if (!concurrent_plan(calls, n, threads)) return 0;
+  const RnnShape& s0 = calls[0].shape;
+  for (int i = 0; i < n; ++i) {
+    const RnnShape& s = calls[i].shape;
+    if (!s.all_full() || s.T != s0.T || s.B != s0.B || s.reverse != s0.reverse) return 0;
+  }
+  const int64_t steps = std::max(kWaveMinSteps, (s0.T + kWaveChunks - 1) / kWaveChunks);
+  return s0.T >= 2 * steps ? steps : 0;
+}
+
+// The region of a wavefront over drivers d (made for one thread with chunks of equal steps):
+// every driver's work before the loop, the rounds, then every driver's passes after it.
+template <typename D, typename F>
+void run_wavefront(std::vector<std::unique_ptr<D>>& d, F&& chunk) {
+  const int n = int(d.size());
+  const int64_t C = d[0]->sc.chunks.count;
+  auto each = [&](cpu::Team& team, auto count, auto work) {
+    int64_t total = 0;
+    for (const auto& x : d) total += count(*x);
+    team.for_each(total, [&](int64_t i) {
+      int l = 0;
+      while (i >= count(*d[size_t(l)])) i -= count(*d[size_t(l++)]);
+      work(*d[size_t(l)], i);
+    });
+  };
+  auto body = [&](cpu::Team& team) {
+    each(team, [](const D& x) { return x.sc.before; }, [](D& x, int64_t i) { x.before(i); });
+    team.for_each_step(C + n - 1, n, [&](int64_t r, int64_t k) {
+      if (r - k >= 0 && r - k < C) chunk(*d[size_t(k)], r - k);
+    });
+    for (int pass = 0; pass < 2; ++pass)
+      each(team, [&](const D& x) { return x.sc.after[pass]; },
+           [&](D& x, int64_t i) { x.after(pass, i); });
+  };
+  const bool concurrent = g_concurrent.load(std::memory_order_relaxed);
+  if (!cpu::parallel(concurrent ? std::min(n, cpu::get_num_threads()) : 1,
+                     [&](cpu::Team& team) { body(team); }))
+    throw cpu::Stopped();
+}
+
+}  // namespace
+
+template <typename T>
+void rnn_forward_layers_cpu(const RnnForwardArgs<T>* calls, int n) {
+  const int64_t steps = wavefront_steps(calls, n, cpu::get_num_threads());
+  bool wave = steps > 0;
+  std::vector<Access> acc;
+  for (int l = 0; l < n && wave; ++l) {
+    acc.push_back(access(calls[l]));
+    if (l == 0) continue;
+    const RnnForwardArgs<T>& below = calls[l - 1];
+    wave = calls[l].x == below.out && below.ld_out == below.shape.H;
+    acc.back().reads[0] = Span();  // x: the layer below's out, written a round earlier
+  }
+  if (!wave || !independent(acc)) {
+    for (int l = 0; l < n; ++l) rnn_forward_cpu(calls[l]);
+    return;
+  }
+  std::vector<std::unique_ptr<Forward<T>>> d;
+  for (int l = 0; l < n; ++l) d.emplace_back(new Forward<T>(calls[l], 1, steps));
+  run_wavefront(d, [](Forward<T>& f, int64_t c) {
+    int64_t i0, i1;
+    f.sc.chunks.steps_of(f.sc.T, c, &i0, &i1);
+    f.beside(c, 0);
+    f.steps(i0, i1, 0, f.B, 0);
+  });
+  for (int l = 0; l < n; ++l) copy_h_n(calls[l]);
+}
+
+template <typename T>
+void rnn_backward_layers_cpu(const RnnBackwardArgs<T>* calls, int n) {
+  const int64_t steps = wavefront_steps(calls, n, cpu::get_num_threads());
+  bool wave = steps > 0;
+  std::vector<Access> acc;
+  for (int k = 0; k < n && wave; ++k) {
+    acc.push_back(access(calls[k]));
+    wave = !calls[k].accumulate_grad_x && (k + 1 == n || calls[k].grad_x);
+    if (k == 0) continue;
+    const RnnBackwardArgs<T>& above = calls[k - 1];
+    wave = wave && calls[k].grad_out == above.grad_x && calls[k].ld_grad_out == above.shape.I;
+    acc.back().reads[5] = Span();  // grad_out: the layer above's grad_x, written a round earlier
+  }
+  if (!wave || !independent(acc)) {
+    for (int k = 0; k < n; ++k) rnn_backward_cpu(calls[k]);
+    return;
+  }
+  std::vector<std::unique_ptr<Backward<T>>> d;
+  for (int k = 0; k < n; ++k) d.emplace_back(new Backward<T>(calls[k], 1, steps));
+  run_wavefront(d, [](Backward<T>& b, int64_t c) {
+    int64_t i0, i1;
+    b.sc.chunks.steps_of(b.sc.T, c, &i0, &i1);
+    b.steps(i0, i1, 0, b.B, 0);
+    for (int item = 0; item < b.sc.side; ++item) b.beside(c, item);
+  });
+  for (const auto& b : d) b->finish();
+}
+
 // ==================================================================================== matmul
 template <typename T>
 void matmul_cpu(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
@@ -670,5 +788,9 @@ template void rnn_forward_calls_cpu<float>(const RnnForwardArgs<float>*, int);
 template void rnn_forward_calls_cpu<double>(const RnnForwardArgs<double>*, int);
 template void rnn_backward_calls_cpu<float>(const RnnBackwardArgs<float>*, int);
 template void rnn_backward_calls_cpu<double>(const RnnBackwardArgs<double>*, int);
+template void rnn_forward_layers_cpu<float>(const RnnForwardArgs<float>*, int);
+template void rnn_forward_layers_cpu<double>(const RnnForwardArgs<double>*, int);
+template void rnn_backward_layers_cpu<float>(const RnnBackwardArgs<float>*, int);
+template void rnn_backward_layers_cpu<double>(const RnnBackwardArgs<double>*, int);
 
 }  // namespace elman

@@ -37,7 +37,7 @@ Chunks plan_chunks(const RnnShape& sh, const RecurrencePlan& rp, bool uniform,
 }
 
 Schedule plan_schedule(const RnnShape& sh, bool backward, int64_t npanels, int threads,
-                       double bytes_per_row) {
+                       double bytes_per_row, int64_t chunk_steps) {
   Schedule sc;
   sc.T = sh.T;
   sc.B = sh.B;
@@ -47,6 +47,11 @@ Schedule plan_schedule(const RnnShape& sh, bool backward, int64_t npanels, int t
   sc.uniform = sh.all_full();
   sc.rec = plan_recurrence(sh.B, sh.H, npanels, threads);
   sc.chunks = plan_chunks(sh, sc.rec, sc.uniform, bytes_per_row);
+  if (chunk_steps > 0 && sc.uniform && sc.rec.parts == 1) {
+    sc.chunks.steps = chunk_steps;
+    sc.chunks.count = (sh.T + chunk_steps - 1) / chunk_steps;
+    sc.chunks.on = true;
+  }
   sc.stop = stop_flag();
   return sc;
 }

@@ -192,8 +192,10 @@ struct Schedule {
     chunks.rows(T, B, reverse != backward, c, lo, hi);
   }
 };
+// chunk_steps > 0: chunks of that many steps whatever the cache (the wavefront of a stack of
+// layers, rnn_cpu.cpp), for a call whose sequences all have T steps and whose rows are not split.
 Schedule plan_schedule(const RnnShape& sh, bool backward, int64_t npanels, int threads,
-                       double bytes_per_row);
+                       double bytes_per_row, int64_t chunk_steps = 0);
 
 // ------------------------------------------------------------------------------------ run
 // The recurrence in one of four ways:

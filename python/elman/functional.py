@@ -153,6 +153,14 @@ def rnn_layers_forward(x, weights, h0=None, lengths=None, nonlinearity="tanh", *
     H = weights[0][1].shape[0]
     dtype = x.dtype
     h_n = empty((L * D, B, H), dtype, "h_n")
+    if D == 1 and L > 1 and dropout is None:
+        # One direction, nothing between the layers: the stack in one call, which at small
+        # batch runs the layers as a wavefront (layer k + 1 one chunk of steps behind layer k).
+        outs = [empty((T, B, H), dtype, f"the output of layer {k}") for k in range(L)]
+        ins = [x] + outs[:-1]
+        be.forward_layers([(ins[k], *weights[k], None if h0 is None else h0[k], lengths,
+                            nonlinearity, False, outs[k], h_n[k]) for k in range(L)])
+        return outs[-1], h_n, [(ins[k], outs[k], None) for k in range(L)] if record else None
     tape = [] if record else None
     inp, mask = x, None  # mask: the dropout mask that produced inp (None: none)
     for k in range(L):
@@ -195,6 +203,21 @@ def rnn_layers_backward(tape, weights, grads, h0=None, lengths=None, nonlinearit
     dtype = tape[0][0].dtype
     grad_h0 = empty((L * D, B, H), dtype, "grad_h0") if want_grad_h0 else None
     norms = [None] * (L * D)
+    if D == 1 and L > 1 and all(mask is None for _, _, mask in tape):
+        # The stack in one call, from the top layer down (a wavefront at small batch).
+        gxs = [empty(tape[k][0].shape, dtype, f"the input gradient of layer {k}")
+               if k > 0 or want_grad_x else None for k in range(L)]
+        calls = []
+        for k in reversed(range(L)):
+            inp, out, _ = tape[k]
+            norms[k] = np.empty(T)
+            calls.append((inp, weights[k][0], weights[k][1], out, None if h0 is None else h0[k],
+                          grad_out if k == L - 1 else gxs[k + 1],
+                          None if grad_h_n is None else grad_h_n[k], lengths, nonlinearity,
+                          False, gxs[k], False, None if grad_h0 is None else grad_h0[k],
+                          grads[k], norms[k]))
+        be.backward_layers(calls)
+        return gxs[0], grad_h0, norms
     g_layer = grad_out
     for k in reversed(range(L)):
         inp, out, mask = tape[k]

@@ -12,6 +12,10 @@ A backend object has ``name`` and ``device`` (True when it takes CUDA device arr
 - ``forward_calls(calls)`` / ``backward_calls(calls)``: several such calls (tuples of their
   arguments in order, e.g. the two directions of a bidirectional layer), meaning the calls
   one after another; the cpu backend runs independent calls at the same time at small batch.
+- ``forward_layers(calls)`` / ``backward_layers(calls)``: the calls of a stack of layers in one
+  direction (forward: bottom first, each out the next x; backward: top first, each grad_x the
+  next grad_out), meaning the calls one after another; the cpu backend runs them as a
+  wavefront at small batch.
 - ``cell_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity)``: one RNNCell step
   for arguments that fit exactly (x (B, I) or (I,), h like it or None), else None.
 - ``matmul(a, b, out, trans_a, trans_b, beta)``: out = op(a) op(b) + beta * out.
@@ -42,8 +46,8 @@ def host_matmul(a, b, out, trans_a, trans_b, beta):
 
 
 class OneAfterAnother:
-    """``forward_calls`` / ``backward_calls`` as the calls one after another (the backends
-    without a way to run calls at the same time)."""
+    """``forward_calls`` / ``backward_calls`` / ``forward_layers`` / ``backward_layers`` as the
+    calls one after another (the backends without a way to run calls at the same time)."""
 
     def forward_calls(self, calls):
         for call in calls:
@@ -52,3 +56,6 @@ class OneAfterAnother:
     def backward_calls(self, calls):
         for call in calls:
             self.backward(*call)
+
+    forward_layers = forward_calls
+    backward_layers = backward_calls

@@ -15,8 +15,6 @@ class CpuBackend:
         self.core = core
         self._forward = core.rnn_forward
         self._backward = core.rnn_backward
-        self._forward_calls = core.rnn_forward_calls
-        self._backward_calls = core.rnn_backward_calls
         self._cell_step = core.rnn_cell_step
         self._matmul = core.matmul
 
@@ -37,19 +35,27 @@ class CpuBackend:
                        nonlinearity, bool(reverse), grad_x, bool(accumulate_grad_x), grad_h0,
                        dW_ih, dW_hh, db_ih, db_hh, grad_norms)
 
-    def forward_calls(self, calls):
+    def forward_calls(self, calls, layers=False):
         if calls and calls[0][9].shape[1] == 0:  # an empty batch (every call has the same B)
             return
-        self._forward_calls([c[:8] + (bool(c[8]),) + c[9:] for c in calls])
+        run = self.core.rnn_forward_layers if layers else self.core.rnn_forward_calls
+        run([c[:8] + (bool(c[8]),) + c[9:] for c in calls])
 
-    def backward_calls(self, calls):
+    def backward_calls(self, calls, layers=False):
         if calls and calls[0][3].shape[1] == 0:
             for c in calls:
                 self.backward(*c)
             return
+        run = self.core.rnn_backward_layers if layers else self.core.rnn_backward_calls
         # the binding's order: h0 before out, the four gradients spread
-        self._backward_calls([(*c[:3], c[4], c[3], *c[5:9], bool(c[9]), c[10], bool(c[11]),
-                               c[12], *c[13], c[14]) for c in calls])
+        run([(*c[:3], c[4], c[3], *c[5:9], bool(c[9]), c[10], bool(c[11]), c[12], *c[13], c[14])
+             for c in calls])
+
+    def forward_layers(self, calls):
+        self.forward_calls(calls, layers=True)
+
+    def backward_layers(self, calls):
+        self.backward_calls(calls, layers=True)
 
     def cell_step(self, x, h, weight_ih, weight_hh, bias_ih, bias_hh, nonlinearity):
         return self._cell_step(x, h, weight_ih, weight_hh, bias_ih, bias_hh,
