@@ -168,17 +168,19 @@ def one_input(data):
     T, B, I, H = src.int(0, 5), src.int(0, 9), src.int(0, 7), src.int(0, 18)
     if src.valid:
         T, H = max(T, 1), max(H, 1)
-    what = src.pick(["forward", "backward", "cell", "tanh", "tn_product", "blas_gemm", "matmul"])
+    what = src.pick(["forward", "backward", "cell", "tanh", "tn_product", "blas_gemm", "matmul",
+                     "forward_calls", "backward_calls"])
     act = src.pick(["tanh", "relu", "tanh", "relu", "sigmoid"] if not src.valid else ["tanh", "relu"])
-    if what == "forward":
-        args = [_array(src, (T, B, I), dtype), _array(src, (H, I), dtype), _array(src, (H, H), dtype),
+
+    def forward_args():
+        return [_array(src, (T, B, I), dtype), _array(src, (H, I), dtype), _array(src, (H, H), dtype),
                 None if src.chance(3) else _array(src, (H,), dtype),
                 None if src.chance(3) else _array(src, (H,), dtype),
                 None if src.chance(3) else _array(src, (B, H), dtype), _lengths(src, T, B), act,
                 src.chance(2), _array(src, (T, B, H), dtype, True), _array(src, (B, H), dtype, True)]
-        _check(what, core.rnn_forward, args, outputs={9, 10})
-    elif what == "backward":
-        args = [_array(src, (T, B, I), dtype), _array(src, (H, I), dtype), _array(src, (H, H), dtype),
+
+    def backward_args():
+        return [_array(src, (T, B, I), dtype), _array(src, (H, I), dtype), _array(src, (H, H), dtype),
                 None if src.chance(3) else _array(src, (B, H), dtype), _array(src, (T, B, H), dtype),
                 None if src.chance(3) else _array(src, (T, B, H), dtype),
                 None if src.chance(3) else _array(src, (B, H), dtype), _lengths(src, T, B), act,
@@ -187,7 +189,20 @@ def one_input(data):
                 _array(src, (H, H), dtype, True), None if src.chance(3) else _array(src, (H,), dtype, True),
                 None if src.chance(3) else _array(src, (H,), dtype, True),
                 None if src.chance(3) else _array(src, (T,), np.float64, True)]
-        _check(what, core.rnn_backward, args, outputs={10, 12, 13, 14, 15, 16, 17})
+    backward_outputs = {10, 12, 13, 14, 15, 16, 17}
+
+    if what == "forward":
+        _check(what, core.rnn_forward, forward_args(), outputs={9, 10})
+    elif what == "backward":
+        _check(what, core.rnn_backward, backward_args(), outputs=backward_outputs)
+    elif what == "forward_calls":  # two calls on separate arrays (at small B: at the same time)
+        args = forward_args() + forward_args()
+        _check(what, lambda *a: core.rnn_forward_calls([tuple(a[:11]), tuple(a[11:])]), args,
+               outputs={9, 10, 20, 21})
+    elif what == "backward_calls":
+        args = backward_args() + backward_args()
+        _check(what, lambda *a: core.rnn_backward_calls([tuple(a[:18]), tuple(a[18:])]), args,
+               outputs=backward_outputs | {18 + i for i in backward_outputs})
     elif what == "cell":
         shape = (B, I) if src.chance(2) else (I,)
         args = [_array(src, shape, dtype), None if src.chance(3) else _array(src, shape[:-1] + (H,), dtype),
