@@ -142,7 +142,7 @@ def test_rnn_matches_torch(c, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("nonlinearity,bias", [("tanh", True), ("relu", False), ("relu", True)])
 @pytest.mark.parametrize("batched,with_h", [(True, True), (True, False), (False, True), (False, False)])
-def test_rnn_cell_matches_torch(dtype, nonlinearity, bias, batched, with_h):
+def test_rnn_cell_matches_torch(dtype, nonlinearity, bias, batched, with_h, monkeypatch):
     tm, em = pair(dict(input_size=5, hidden_size=7, bias=bias, nonlinearity=nonlinearity), dtype,
                   cell=True, seed=3)
     g = torch.Generator().manual_seed(4)
@@ -160,7 +160,15 @@ def test_rnn_cell_matches_torch(dtype, nonlinearity, bias, batched, with_h):
                     {n: p.grad for n, p in m.named_parameters()}))
     (t1, tgx, tgh, tgw), (e1, egx, egh, egw) = res
     dt = NP[dtype]
-    assert kernel_nodes(e1) == 1 and e1.shape == t1.shape
+    # a step autograd records is torch's own cell (RNNCell's docstring: faster than a node)
+    assert kernel_nodes(e1) == 0 and e1.shape == t1.shape
+    steps = []
+    real_step = et.F.rnn_cell_step
+    monkeypatch.setattr(et.F, "rnn_cell_step", lambda *a, **k: steps.append(1) or real_step(*a, **k))
+    with torch.no_grad():  # without gradients: elman's fused step
+        e0, t0 = em(x, h), tm(x, h)
+    assert steps == [1] and e0.grad_fn is None
+    assert_close(e0.numpy(), t0.numpy(), dt, what="h1 without gradients")
     assert_close(e1.detach().numpy(), t1.detach().numpy(), dt, what="h1")
     assert_close(egx.numpy(), tgx.numpy(), dt, what="grad_x")
     if with_h:
@@ -208,7 +216,7 @@ def test_rnn_cell_gradcheck_float64():
     f, params = _functional(m)
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     h = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    assert kernel_nodes(f(x, h, *params)) == 1
+    assert kernel_nodes(f(x, h, *params)) == 0  # recorded steps run torch's own cell
     assert torch.autograd.gradcheck(f, (x, h, *params))
 
 
@@ -499,8 +507,11 @@ def test_parametrized_weights_are_used(cell):
         out = out if cell else out[0]
         outs.append(out)
         out.square().sum().backward()
-    assert kernel_nodes(outs[1]) == 1
+    assert kernel_nodes(outs[1]) == (0 if cell else 1)  # a recorded cell step: torch's cell
     assert_close(outs[1].detach().numpy(), outs[0].detach().numpy(), np.float64)
+    if cell:
+        with torch.no_grad():  # elman's fused step reads the parametrized weight too
+            assert_close(em(x).numpy(), tm(x).numpy(), np.float64)
     for (n, tp), (_, ep) in zip(tm.named_parameters(), em.named_parameters()):
         assert_close(ep.grad.numpy(), tp.grad.numpy(), np.float64, "weight", n)
 

@@ -52,7 +52,7 @@ tests=(test_core_binding.py test_layers_inputs.py test_kernels_values.py test_fu
        test_state_faults.py test_threads.py test_properties.py test_fuzz.py)
 if [ "${1:-}" != "--quick" ]; then
   tests+=(test_kernels.py test_errors.py test_layers.py test_threads_isa.py test_tanh.py
-          test_training.py test_reference.py test_losses.py test_optim.py)
+          test_training.py test_reference.py test_losses.py test_optim.py test_concurrent_calls.py)
 fi
 cd "$root/tests"  # the installed (sanitized) elman, not the source tree
 python -m pytest -q -p no:cacheprovider "${tests[@]}"
