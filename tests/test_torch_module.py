@@ -123,7 +123,8 @@ def test_rnn_matches_torch(c, dtype):
     t_res = _run_rnn(tm, c, x, h0, lengths, g_out, g_hn)
     e_res = _run_rnn(em, c, x, h0, lengths, g_out, g_hn)
     dt = NP[dtype]
-    assert kernel_nodes(e_res[2]) == L  # one autograd node per layer: the kernels ran
+    # the kernels ran: one autograd node for the stack, one per layer when dropout runs between
+    assert kernel_nodes(e_res[2]) == (L if c["dropout"] > 0 else 1)
     if lengths is not None:
         for a, b in zip(t_res[0][1:], e_res[0][1:]):  # batch_sizes, sorted / unsorted indices
             assert torch.equal(a, b)
@@ -206,7 +207,7 @@ def test_rnn_gradcheck_float64(mode):
             out, h_n = f(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False),
                          h0, *ps)
             return pad_packed_sequence(out, batch_first=True)[0], h_n
-    assert kernel_nodes(fn(x, h0, *params)[0]) == 2
+    assert kernel_nodes(fn(x, h0, *params)[0]) == 1  # the stack in one node
     assert torch.autograd.gradcheck(fn, (x, h0, *params))
 
 
@@ -368,7 +369,7 @@ def test_torch_save_load_module_and_state_dict():
     loaded = torch.load(buf, weights_only=False)
     assert type(loaded) is et.RNN
     out, h_n = loaded(x)
-    assert kernel_nodes(out) == 2
+    assert kernel_nodes(out) == 1
     assert torch.equal(out, em(x)[0]) and torch.equal(h_n, em(x)[1])
     buf = io.BytesIO()
     torch.save(em.state_dict(), buf)
@@ -621,7 +622,7 @@ def test_docs_drop_in_example_runs(tmp_path, monkeypatch):
     for block in blocks:
         ns = {}
         exec(compile(block, "docs/torch.md elman.torch example", "exec"), ns)
-    assert kernel_nodes(ns["out"]) == 2 and ns["out"].shape == (16, 50, 32)
+    assert kernel_nodes(ns["out"]) == 1 and ns["out"].shape == (16, 50, 32)
     plain = torch.nn.RNN(8, 32, num_layers=2, batch_first=True)
     plain.load_state_dict(torch.load(tmp_path / "rnn.pt"))  # as the comment there says
     assert torch.equal(plain.weight_hh_l1, ns["rnn"].weight_hh_l1)

@@ -181,7 +181,7 @@ class SimpleRNN(keras.layers.SimpleRNN):
             # state as it is and giving zero outputs): reverse each sequence's valid part
             x = x.flip(1) if lengths is None else _take_steps(x, (L - 1 - steps) % T)
         weights = _torch_flat_weights(torch, *self._weights())
-        cfg = (_ACTIVATIONS[self.cell.activation], 1, len(weights), lengths, False)
+        cfg = (_ACTIVATIONS[self.cell.activation], 1, len(weights), lengths, False, 1)
         out, h_n = elman_torch._run_layer(cfg, x.transpose(0, 1).contiguous(), h0, weights)
         h_n = h_n[0]                                                       # (B, H)
         if self.return_sequences:

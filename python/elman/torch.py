@@ -3,9 +3,9 @@ elman's fused kernels. Imported only on request (``import elman.torch``); torch 
 
 The classes subclass torch's own, so constructor, parameters (names, shapes, init), state_dict,
 repr, hooks, pickling and DDP behave exactly as torch's. Only ``forward`` differs: CPU float32 /
-float64 tensors go through one autograd node per layer (both directions inside, one fused kernel
-call per direction forward and one per direction backward, the whole sequence at once) on
-zero-copy NumPy views, and an RNNCell step without gradients through elman's fused step (a cell
+float64 tensors go through one autograd node for the stack of layers (one per layer when
+dropout runs between them; each layer and direction one fused kernel call forward and one
+backward, the whole sequence at once) on zero-copy NumPy views, and an RNNCell step without gradients through elman's fused step (a cell
 step that autograd records runs torch's own cell: see ``RNNCell``); everything else (other devices and dtypes, autocast, tracing, scripting,
 torch.compile, functorch transforms, forward-mode AD, and any invalid input, so that errors are
 torch's own) runs ``torch.nn.RNN.forward`` / ``torch.nn.RNNCell.forward`` with the same
@@ -73,15 +73,16 @@ def _view(t):
     return view
 
 
-# ----------------------------------------------------------------------------- one layer
+# ----------------------------------------------------------------------------- layers
 # cfg = (nonlinearity, D directions, nw tensors per direction (4 with biases, else 2),
-#        lengths (B,) int64 ndarray or None, cell). The arrays are NumPy views of the tensors;
-# a cell (cell=True) takes x (B, I) or (I,) and h0 (B, H) or (H,) as one time step.
-def _layer_forward(cfg, x, h0, weights):
-    """Runs every direction of one layer: x (T, B, I), h0 (D, B, H) or None, weights in torch's
-    flat order per direction. Returns out (T, B, D*H) and h_n (D, B, H); a cell returns its new
-    state only. One call of the functional floor's layer loop (the NumPy RNN's too)."""
-    nonlinearity, D, nw, lengths, cell = cfg
+#        lengths (B,) int64 ndarray or None, cell, L layers). The arrays are NumPy views of the
+# tensors; a cell (cell=True, L = 1) takes x (B, I) or (I,) and h0 (B, H) or (H,) as one step.
+def _layer_forward(cfg, x, h0, weights, record=False):
+    """Runs every layer and direction of a stack: x (T, B, I), h0 (L*D, B, H) or None, weights
+    in torch's flat order per layer and direction. Returns out (T, B, D*H) and h_n (L*D, B, H)
+    (and, with ``record``, the functional floor's tape); a cell returns its new state only.
+    One call of the functional floor's layer loop (the NumPy RNN's too)."""
+    nonlinearity, D, nw, lengths, cell, L = cfg
     xn, h0n = _np(x), _np(h0)
     H = weights[1].shape[0]
     if cell:
@@ -92,11 +93,12 @@ def _layer_forward(cfg, x, h0, weights):
         xn = xn.reshape(1, -1, xn.shape[-1])
         h0n = None if h0n is None else h0n.reshape(1, -1, H)
     # torch validated the shapes; the kernels check them again at their boundary
-    out, h_n, _ = F.rnn_layers_forward(xn, _by_direction(weights, D, nw), h0n, lengths,
-                                       nonlinearity, bidirectional=D == 2, record=False)
+    out, h_n, tape = F.rnn_layers_forward(xn, _by_direction(weights, L * D, nw), h0n, lengths,
+                                          nonlinearity, bidirectional=D == 2, record=record)
     if cell:
         return torch.from_numpy(out.reshape(x.shape[:-1] + (H,)))
-    return torch.from_numpy(out), torch.from_numpy(h_n)
+    result = torch.from_numpy(out), torch.from_numpy(h_n)
+    return (result, tape) if record else result
 
 
 def _by_direction(arrays, D, nw):
@@ -107,13 +109,16 @@ def _by_direction(arrays, D, nw):
 
 
 class _Layer(torch.autograd.Function):
-    """One autograd node for one layer over the whole sequence, every direction inside it
-    (RNN layers only: a cell that needs gradients runs torch's own cell, see RNNCell)."""
+    """One autograd node for a stack of layers (every layer when nothing runs between them,
+    else one layer) over the whole sequence, every direction inside it (RNN only: a cell that
+    needs gradients runs torch's own cell, see RNNCell)."""
 
     @staticmethod
     def forward(ctx, cfg, x, h0, *weights):
-        result = _layer_forward(cfg, x, h0, weights)
+        result, tape = _layer_forward(cfg, x, h0, weights, record=True)
         ctx.cfg = cfg
+        # the inner layers' outputs, private to the node (the last one is saved as a tensor)
+        ctx.inner = [layer_out for _, layer_out, _ in tape[:-1]]
         ctx.save_for_backward(x, h0, result[0], *weights)
         ctx.set_materialize_grads(False)  # a None gradient goes to the kernel as "zeros"
         return result
@@ -125,17 +130,19 @@ class _Layer(torch.autograd.Function):
             return (None,) * (3 + len(weights))
         if torch.is_grad_enabled():  # create_graph=True: the backward itself must be differentiable
             return _differentiable_backward(ctx, x, h0, weights, g_out, g_hn)
-        nonlinearity, D, nw, lengths, _ = ctx.cfg
+        nonlinearity, D, nw, lengths, _, L = ctx.cfg
         need = ctx.needs_input_grad
         xn, h0n, on, gon, ghn = _np(x), _np(h0), _np(out), _np(g_out), _np(g_hn)
-        wn = _by_direction(weights, D, nw)
+        outs = ctx.inner + [on]
+        tape = [(xn if k == 0 else outs[k - 1], outs[k], None) for k in range(L)]
+        wn = _by_direction(weights, L * D, nw)
         gw = [tuple(None if a is None else np.zeros(a.shape, a.dtype) for a in w) for w in wn]
         # the input gradient is computed only when asked for (it is one large product)
         grad_x, grad_h0, _ = F.rnn_layers_backward(
-            [(xn, on, None)], wn, gw, h0n, lengths, nonlinearity, gon, ghn,
+            tape, wn, gw, h0n, lengths, nonlinearity, gon, ghn,
             bidirectional=D == 2, want_grad_x=need[1], want_grad_h0=h0n is not None and need[2])
         grad_w = [torch.from_numpy(g) if need[3 + d * nw + i] else None
-                  for d in range(D) for i, g in enumerate(gw[d][:nw])]
+                  for d in range(L * D) for i, g in enumerate(gw[d][:nw])]
         return (None,
                 torch.from_numpy(grad_x.reshape(x.shape)) if need[1] else None,
                 None if grad_h0 is None else torch.from_numpy(grad_h0.reshape(h0.shape)),
@@ -143,16 +150,16 @@ class _Layer(torch.autograd.Function):
 
 
 def _torch_layer(cfg, x, h0, weights):
-    """The same layer through torch's own differentiable ops (for double backward)."""
-    nonlinearity, D, nw, lengths, _ = cfg
+    """The same layers through torch's own differentiable ops (for double backward)."""
+    nonlinearity, D, nw, lengths, _, L = cfg
     H = weights[1].shape[0]
     rnn = torch._VF.rnn_tanh if nonlinearity == "tanh" else torch._VF.rnn_relu
     if h0 is None:
-        h0 = x.new_zeros((D, x.shape[1], H))
+        h0 = x.new_zeros((L * D, x.shape[1], H))
     if lengths is None:
-        return rnn(x, h0, weights, nw == 4, 1, 0.0, False, D == 2, False)
+        return rnn(x, h0, weights, nw == 4, L, 0.0, False, D == 2, False)
     p = pack_padded_sequence(x, torch.from_numpy(lengths))
-    out, h_n = rnn(p.data, p.batch_sizes, h0, weights, nw == 4, 1, 0.0, False, D == 2)
+    out, h_n = rnn(p.data, p.batch_sizes, h0, weights, nw == 4, L, 0.0, False, D == 2)
     return pad_packed_sequence(PackedSequence(out, p.batch_sizes), total_length=x.shape[0])[0], h_n
 
 
@@ -224,8 +231,8 @@ class RNN(torch.nn.RNN):
     ``PackedSequence`` in and out). Dropout between layers uses ``torch.dropout`` on the same
     tensors in the same order as torch, so a seeded run draws the same masks.
 
-    CPU float32 / float64 runs elman's kernels: one autograd node per layer for the whole
-    sequence. Anything else falls back to ``torch.nn.RNN.forward`` with the same parameters
+    CPU float32 / float64 runs elman's kernels: one autograd node for all layers over the whole
+    sequence (one per layer when dropout runs between them). Anything else falls back to ``torch.nn.RNN.forward`` with the same parameters
     (so other devices and dtypes work, and invalid input raises torch's own exceptions).
     Double backward (``create_graph=True``) recomputes the layer with torch's ops in the
     backward pass, so gradients of gradients are exact (and as slow as torch's).
@@ -310,8 +317,10 @@ class RNN(torch.nn.RNN):
         D = 2 if self.bidirectional else 1
         nw = 4 if self.bias else 2
         per_layer = D * nw
-        cfg = (self.nonlinearity, D, nw, None if lengths is None else lengths.numpy(), False)
+        cfg = (self.nonlinearity, D, nw, None if lengths is None else lengths.numpy(), False, 1)
         dropout = self.dropout if self.training else 0.0
+        if dropout == 0:  # nothing between the layers: the stack is one node, one kernel call
+            return _run_layer(cfg[:5] + (self.num_layers,), x, hx, weights)
         inp, h_n = x, []
         for k in range(self.num_layers):
             h0 = hx if hx is None or self.num_layers == 1 else hx[k * D:(k + 1) * D]
@@ -382,7 +391,8 @@ class RNNCell(torch.nn.RNNCell):
                 and _kernels_take([input, hx, *weights])
                 and not _needs_grad(input, hx, weights)):
             return super().forward(input, hx)
-        return _layer_forward((self.nonlinearity, 1, len(weights), None, True), input, hx, weights)
+        return _layer_forward((self.nonlinearity, 1, len(weights), None, True, 1), input, hx,
+                              weights)
 
 
 def _cell_names(m):
