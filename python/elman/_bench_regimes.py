@@ -1,6 +1,7 @@
 """The "regimes" section of ``elman bench``: where training scripts spend their time outside the
 default shape table. Each row is timed against torch in the same run (torch at 1 and at 2
-threads, the faster as the baseline), in alternating blocks (``_bench.time_alternating``):
+threads, the faster as the baseline; elman.torch, whose autograd and other torch ops run on
+torch's threads, likewise), in alternating blocks (``_bench.time_alternating``):
 
   vanishing   backward of one layer, loss on the last state, W_hh gain 0.1 (dL/dh_t falls into
               the subnormal range) against gain 1.0: the ratio shows what flush-to-zero buys
@@ -89,8 +90,9 @@ def short_sequence(shape, torch, et, rounds, target_s, gap_s):
                 m.zero_grad()
             return f
         tm = torch.nn.RNN(I, H)
-        fns["elman.torch"] = step(et.RNN.from_torch(tm))
         row["torch"] = _torch_best(torch, step(tm), rounds, target_s, gap_s)
+        row["elman.torch"] = _torch_best(torch, step(et.RNN.from_torch(tm)), rounds, target_s,
+                                         gap_s)
     row.update(_medians(fns, rounds, target_s, gap_s))
     return row
 
@@ -118,8 +120,8 @@ def cell(shape, torch, et, rounds, target_s, gap_s):
             h.sum().backward()
             m.zero_grad()
         return f
-    row.update({f"elman.torch {k}": v for k, v in _medians(
-        {"no_grad": infer(ec), "train 8 steps": train(ec)}, rounds, target_s, gap_s).items()})
+    row["elman.torch no_grad"] = _torch_best(torch, infer(ec), rounds, target_s, gap_s)
+    row["elman.torch train 8 steps"] = _torch_best(torch, train(ec), rounds, target_s, gap_s)
     row["torch no_grad"] = _torch_best(torch, infer(tc), rounds, target_s, gap_s)
     row["torch train 8 steps"] = _torch_best(torch, train(tc), rounds, target_s, gap_s)
     return row
