@@ -193,7 +193,8 @@ struct Schedule {
   }
 };
 // chunk_steps > 0: chunks of that many steps whatever the cache (the wavefront of a stack of
-// layers, rnn_cpu.cpp), for a call whose sequences all have T steps and whose rows are not split.
+// layers, calls_cpu.cpp), for a call whose sequences all have T steps and whose rows are not
+// split.
 Schedule plan_schedule(const RnnShape& sh, bool backward, int64_t npanels, int threads,
                        double bytes_per_row, int64_t chunk_steps = 0);
 

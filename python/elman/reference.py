@@ -1,7 +1,7 @@
 """Pure-NumPy reference of elman's math: the oracle every kernel is tested against.
 
 Written to be read, not to be fast: an explicit loop over time that mirrors the C++ kernel
-(csrc/cpu/rnn_cpu.cpp) step by step, in float64 by default. Imports numpy only.
+(csrc/cpu/drivers.h) step by step, in float64 by default. Imports numpy only.
 
 Shape legend: T time steps, B batch, I input features, H hidden units. One call covers one
 layer in one direction; ``reverse=True`` processes t = T-1 .. 0. With ``lengths``, step t is
