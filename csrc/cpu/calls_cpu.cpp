@@ -266,59 +266,72 @@ void run_wavefront(std::vector<std::unique_ptr<D>>& d, F&& chunk) {
 
 }  // namespace
 
-template <typename T>
-void rnn_forward_layers_cpu(const RnnForwardArgs<T>* calls, int n) {
-  const int64_t steps = wavefront_steps(calls, n, cpu::get_num_threads());
-  bool wave = steps > 0;
-  std::vector<Access> acc;
-  for (int l = 0; l < n && wave; ++l) {
-    acc.push_back(access(calls[l]));
-    if (l == 0) continue;
-    const RnnForwardArgs<T>& below = calls[l - 1];
-    wave = calls[l].x == below.out && below.ld_out == below.shape.H;
-    acc.back().reads[0] = Span();  // x: the layer below's out, written a round earlier
-  }
-  if (!wave || !independent(acc)) {
-    for (int l = 0; l < n; ++l) rnn_forward_cpu(calls[l]);
-    return;
-  }
-  std::vector<std::unique_ptr<Forward<T>>> d;
-  for (int l = 0; l < n; ++l) d.emplace_back(new Forward<T>(calls[l], 1, steps));
-  run_wavefront(d, [](Forward<T>& f, int64_t c) {
-    int64_t i0, i1;
-    f.sc.chunks.steps_of(f.sc.T, c, &i0, &i1);
-    f.beside(c, 0);
-    f.steps(i0, i1, 0, f.B, 0);
-  });
-  for (int l = 0; l < n; ++l) copy_h_n(calls[l]);
-}
+namespace {
 
-template <typename T>
-void rnn_backward_layers_cpu(const RnnBackwardArgs<T>* calls, int n) {
+// A stack's calls as a wavefront, or one after another: linked(k) says whether call k is the
+// next link of the chain (for k >= 1: it reads what call k - 1 writes, through its read number
+// `link` in access(), and nothing else of it); one(call) runs a call alone, chunk(driver, c)
+// one chunk, finish(driver, call) what follows the region.
+template <typename D, typename Args, typename Linked, typename One, typename Chunk,
+          typename Finish>
+void run_layers(const Args* calls, int n, size_t link, Linked linked, One one, Chunk chunk,
+                Finish finish) {
   const int64_t steps = wavefront_steps(calls, n, cpu::get_num_threads());
   bool wave = steps > 0;
   std::vector<Access> acc;
   for (int k = 0; k < n && wave; ++k) {
     acc.push_back(access(calls[k]));
-    wave = !calls[k].accumulate_grad_x && (k + 1 == n || calls[k].grad_x);
-    if (k == 0) continue;
-    const RnnBackwardArgs<T>& above = calls[k - 1];
-    wave = wave && calls[k].grad_out == above.grad_x && calls[k].ld_grad_out == above.shape.I;
-    acc.back().reads[5] = Span();  // grad_out: the layer above's grad_x, written a round earlier
+    wave = linked(k);
+    if (k > 0) acc.back().reads[link] = Span();  // written by call k - 1 a round earlier
   }
   if (!wave || !independent(acc)) {
-    for (int k = 0; k < n; ++k) rnn_backward_cpu(calls[k]);
+    for (int k = 0; k < n; ++k) one(calls[k]);
     return;
   }
-  std::vector<std::unique_ptr<Backward<T>>> d;
-  for (int k = 0; k < n; ++k) d.emplace_back(new Backward<T>(calls[k], 1, steps));
-  run_wavefront(d, [](Backward<T>& b, int64_t c) {
-    int64_t i0, i1;
-    b.sc.chunks.steps_of(b.sc.T, c, &i0, &i1);
-    b.steps(i0, i1, 0, b.B, 0);
-    for (int item = 0; item < b.sc.side; ++item) b.beside(c, item);
-  });
-  for (const auto& b : d) b->finish();
+  std::vector<std::unique_ptr<D>> d;
+  for (int k = 0; k < n; ++k) d.emplace_back(new D(calls[k], 1, steps));
+  run_wavefront(d, chunk);
+  for (int k = 0; k < n; ++k) finish(*d[size_t(k)], calls[k]);
+}
+
+}  // namespace
+
+template <typename T>
+void rnn_forward_layers_cpu(const RnnForwardArgs<T>* calls, int n) {
+  run_layers<Forward<T>>(
+      calls, n, 0,  // x: the out of the layer below
+      [&](int l) {
+        return l == 0 || (calls[l].x == calls[l - 1].out &&
+                          calls[l - 1].ld_out == calls[l - 1].shape.H);
+      },
+      [](const RnnForwardArgs<T>& a) { rnn_forward_cpu(a); },
+      [](Forward<T>& f, int64_t c) {
+        int64_t i0, i1;
+        f.sc.chunks.steps_of(f.sc.T, c, &i0, &i1);
+        f.beside(c, 0);  // the chunk's input projection, then its recurrence
+        f.steps(i0, i1, 0, f.B, 0);
+      },
+      [](Forward<T>&, const RnnForwardArgs<T>& a) { copy_h_n(a); });
+}
+
+template <typename T>
+void rnn_backward_layers_cpu(const RnnBackwardArgs<T>* calls, int n) {
+  run_layers<Backward<T>>(
+      calls, n, 5,  // grad_out: the grad_x of the layer above
+      [&](int k) {
+        const RnnBackwardArgs<T>& c = calls[k];
+        return !c.accumulate_grad_x && (k + 1 == n || c.grad_x) &&
+               (k == 0 || (c.grad_out == calls[k - 1].grad_x &&
+                           c.ld_grad_out == calls[k - 1].shape.I));
+      },
+      [](const RnnBackwardArgs<T>& a) { rnn_backward_cpu(a); },
+      [](Backward<T>& b, int64_t c) {
+        int64_t i0, i1;
+        b.sc.chunks.steps_of(b.sc.T, c, &i0, &i1);
+        b.steps(i0, i1, 0, b.B, 0);  // the recurrence, then the chunk's gradients
+        for (int item = 0; item < b.sc.side; ++item) b.beside(c, item);
+      },
+      [](Backward<T>& b, const RnnBackwardArgs<T>&) { b.finish(); });
 }
 
 template void rnn_forward_calls_cpu<float>(const RnnForwardArgs<float>*, int);
