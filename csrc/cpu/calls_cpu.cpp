@@ -1,10 +1,13 @@
 // CPU backend: several calls at once (rnn.h): the directions of a bidirectional layer side by
 // side, and a stack of one-direction layers as a wavefront, each call on the drivers of
-// drivers.h with its own plan for one thread.
+// drivers.h with its own plan for one thread. When the sequences all have T steps, every call
+// runs in chunks of steps that any thread of the region takes as soon as they are ready
+// (run_chunks); otherwise (variable lengths) each call runs whole, alone on one thread.
 #include <algorithm>
 #include <atomic>
 #include <exception>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "../rnn.h"
@@ -19,10 +22,6 @@ using cpu::Forward;
 using cpu::Scratch;
 using cpu::copy_h_n;
 
-// ==================================================================================== calls
-// Several calls at once (rnn.h): each alone on one thread when every call's recurrence is a
-// single chain anyway (its rows are not split between the threads), so that the threads work
-// on different calls instead of waiting on each other at every step.
 namespace {
 
 std::atomic<bool> g_concurrent{true};
@@ -138,10 +137,121 @@ void run_each_alone(int n, F&& run) {
   if (!done || std::find(ok.begin(), ok.end(), 0) != ok.end()) throw cpu::Stopped();
 }
 
+// Steps per chunk: ~16 chunks (a pipeline's fill and drain cost one chunk per layer), at least
+// 16 steps (a chunk ends in handing work to the other threads).
+constexpr int64_t kChunks = 16, kMinChunkSteps = 16;
+
+// The chunk steps for these calls, or 0 when they do not run in chunks: the calls run at the
+// same time (concurrent_plan), every sequence has T steps, T and B are the same everywhere
+// (and the direction too, for a chained stack), and there are at least two chunks.
+template <typename Args>
+int64_t chunk_steps(const Args* calls, int n, int threads, bool chained) {
+  if (!concurrent_plan(calls, n, threads)) return 0;
+  const RnnShape& s0 = calls[0].shape;
+  for (int i = 0; i < n; ++i) {
+    const RnnShape& s = calls[i].shape;
+    if (!s.all_full() || s.T != s0.T || s.B != s0.B || (chained && s.reverse != s0.reverse))
+      return 0;
+  }
+  const int64_t steps = std::max(kMinChunkSteps, (s0.T + kChunks - 1) / kChunks);
+  return s0.T >= 2 * steps ? steps : 0;
+}
+
+// How far one call has come: chunks done, and whether a thread is on the next one.
+struct alignas(64) Progress {
+  std::atomic<int64_t> done{0};
+  std::atomic<int> busy{0};
+};
+
+// Every chunk of every call, in dependency order: chunk c of call k runs once chunk c - 1 of
+// call k (its recurrence) is done and, when the calls are `chained` (a stack of layers), chunk
+// c of call k - 1 (its input). Each thread of the region takes whichever chunk is ready (the
+// last call first, which drains a pipeline), so nothing waits for a round to end: a thread
+// that is descheduled holds up only the chunks that depend on its own, and the others go on
+// (with whole rounds, one late thread stalled every round: 2.6x slower than one thread on a
+// loaded machine). Returns when every chunk is done, or when the call is stopped.
+template <typename D, typename F>
+void run_chunks(std::vector<std::unique_ptr<D>>& d, std::vector<Progress>& progress, F& chunk,
+                bool chained) {
+  const int n = int(d.size());
+  const int64_t C = d[0]->sc.chunks.count;
+  for (int idle = 0;;) {
+    bool finished = true, ran = false;
+    for (int k = n - 1; k >= 0 && !ran; --k) {
+      Progress& p = progress[size_t(k)];
+      const int64_t c = p.done.load(std::memory_order_acquire);
+      if (c >= C) continue;
+      finished = false;
+      if (chained && k > 0 && progress[size_t(k - 1)].done.load(std::memory_order_acquire) <= c)
+        continue;
+      int free = 0;
+      if (!p.busy.compare_exchange_strong(free, 1, std::memory_order_acq_rel)) continue;
+      if (p.done.load(std::memory_order_acquire) == c) {  // not finished by another meanwhile
+        chunk(*d[size_t(k)], c);
+        p.done.store(c + 1, std::memory_order_release);
+        ran = true;
+      }
+      p.busy.store(0, std::memory_order_release);
+    }
+    if (finished || d[0]->sc.stop_requested()) return;
+    if (ran) idle = 0;
+    else if (++idle < 4096) __builtin_ia32_pause();
+    else std::this_thread::yield();  // the thread with the chunk we need may need this core
+  }
+}
+
+// The region of calls in chunks over drivers d (made for one thread with chunks of equal
+// steps): every driver's work before the loop, the chunks (run_chunks), then every driver's
+// passes after it.
+template <typename D, typename F>
+void run_chunked(std::vector<std::unique_ptr<D>>& d, bool chained, F&& chunk) {
+  const int n = int(d.size());
+  std::vector<Progress> progress(static_cast<size_t>(n));
+  auto each = [&](cpu::Team& team, auto count, auto work) {
+    int64_t total = 0;
+    for (const auto& x : d) total += count(*x);
+    team.for_each(total, [&](int64_t i) {
+      int l = 0;
+      while (i >= count(*d[size_t(l)])) i -= count(*d[size_t(l++)]);
+      work(*d[size_t(l)], i);
+    });
+  };
+  auto body = [&](cpu::Team& team) {
+    each(team, [](const D& x) { return x.sc.before; }, [](D& x, int64_t i) { x.before(i); });
+    run_chunks(d, progress, chunk, chained);
+    for (int pass = 0; pass < 2; ++pass)
+      each(team, [&](const D& x) { return x.sc.after[pass]; },
+           [&](D& x, int64_t i) { x.after(pass, i); });
+  };
+  const bool concurrent = g_concurrent.load(std::memory_order_relaxed);
+  if (!cpu::parallel(concurrent ? std::min(n, cpu::get_num_threads()) : 1,
+                     [&](cpu::Team& team) { body(team); }))
+    throw cpu::Stopped();
+}
+
+// One chunk of a forward call: its input projection, then its recurrence.
+template <typename T>
+void forward_chunk(Forward<T>& f, int64_t c) {
+  int64_t i0, i1;
+  f.sc.chunks.steps_of(f.sc.T, c, &i0, &i1);
+  f.beside(c, 0);
+  f.steps(i0, i1, 0, f.B, 0);
+}
+
+// One chunk of a backward call: its recurrence, then the chunk's weight and input gradients.
+template <typename T>
+void backward_chunk(Backward<T>& b, int64_t c) {
+  int64_t i0, i1;
+  b.sc.chunks.steps_of(b.sc.T, c, &i0, &i1);
+  b.steps(i0, i1, 0, b.B, 0);
+  for (int item = 0; item < b.sc.side; ++item) b.beside(c, item);
+}
+
 }  // namespace
 
 void set_concurrent_calls(bool on) { g_concurrent.store(on); }
 
+// ==================================================================================== calls
 template <typename T>
 void rnn_forward_calls_cpu(const RnnForwardArgs<T>* calls, int n) {
   bool together = concurrent_plan(calls, n, cpu::get_num_threads());
@@ -154,8 +264,14 @@ void rnn_forward_calls_cpu(const RnnForwardArgs<T>* calls, int n) {
     for (int i = 0; i < n; ++i) rnn_forward_cpu(calls[i]);
     return;
   }
+  const int64_t steps = chunk_steps(calls, n, cpu::get_num_threads(), false);
   std::vector<std::unique_ptr<Forward<T>>> d;  // scratch taken here, before any work
-  for (int i = 0; i < n; ++i) d.emplace_back(new Forward<T>(calls[i], 1));
+  for (int i = 0; i < n; ++i) d.emplace_back(new Forward<T>(calls[i], 1, steps));
+  if (steps > 0) {
+    run_chunked(d, false, forward_chunk<T>);
+    for (int i = 0; i < n; ++i) copy_h_n(calls[i]);
+    return;
+  }
   run_each_alone(n, [&](int i) {
     if (!cpu::run_schedule(d[size_t(i)]->sc, *d[size_t(i)])) return false;
     copy_h_n(calls[i]);
@@ -189,13 +305,19 @@ void rnn_backward_calls_cpu(const RnnBackwardArgs<T>* given, int n) {
     for (int i = 0; i < n; ++i) rnn_backward_cpu(given[i]);
     return;
   }
+  const int64_t steps = chunk_steps(given, n, cpu::get_num_threads(), false);
   std::vector<std::unique_ptr<Backward<T>>> d;
-  for (int i = 0; i < n; ++i) d.emplace_back(new Backward<T>(calls[size_t(i)], 1));
-  run_each_alone(n, [&](int i) {
-    if (!cpu::run_schedule(d[size_t(i)]->sc, *d[size_t(i)])) return false;
-    d[size_t(i)]->finish();
-    return true;
-  });
+  for (int i = 0; i < n; ++i) d.emplace_back(new Backward<T>(calls[size_t(i)], 1, steps));
+  if (steps > 0) {
+    run_chunked(d, false, backward_chunk<T>);
+    for (const auto& b : d) b->finish();
+  } else {
+    run_each_alone(n, [&](int i) {
+      if (!cpu::run_schedule(d[size_t(i)]->sc, *d[size_t(i)])) return false;
+      d[size_t(i)]->finish();
+      return true;
+    });
+  }
   for (int j = 0; j < n; ++j) {
     if (!share[size_t(j)]) continue;
     const int64_t m = given[j].shape.T * given[j].shape.B * given[j].shape.I;
@@ -208,64 +330,9 @@ void rnn_backward_calls_cpu(const RnnBackwardArgs<T>* given, int n) {
 // ==================================================================================== layers
 // A stack of layers in one direction, each layer's out the next one's x (forward), each
 // layer's grad_out the grad_x of the layer above (backward, calls from the top), as a
-// wavefront: the steps are cut into chunks, and in round r the k-th call works on chunk r - k
-// (forward: the chunk's input projection, then its recurrence; backward: the recurrence, then
-// the chunk's weight and input gradients), all on its own plan for one thread. With two
-// threads two layers run at the same time, one chunk apart, where each alone is one chain of
-// dependent steps (small batch).
-namespace {
-
-// Steps per chunk of the wavefront: ~16 chunks (the pipeline's fill and drain cost one chunk
-// per layer), at least 16 steps (each round ends in a wait for the other threads).
-constexpr int64_t kWaveChunks = 16, kWaveMinSteps = 16;
-
-// The wavefront's chunk steps for these calls, or 0 when they run one after another: two or
-// more calls and threads, every call's rows in one part (concurrent_plan), sequences of T
-// steps, the same T, B and direction everywhere, and at least two chunks.
-template <typename Args>
-int64_t wavefront_steps(const Args* calls, int n, int threads) {
-  if (!concurrent_plan(calls, n, threads)) return 0;
-  const RnnShape& s0 = calls[0].shape;
-  for (int i = 0; i < n; ++i) {
-    const RnnShape& s = calls[i].shape;
-    if (!s.all_full() || s.T != s0.T || s.B != s0.B || s.reverse != s0.reverse) return 0;
-  }
-  const int64_t steps = std::max(kWaveMinSteps, (s0.T + kWaveChunks - 1) / kWaveChunks);
-  return s0.T >= 2 * steps ? steps : 0;
-}
-
-// The region of a wavefront over drivers d (made for one thread with chunks of equal steps):
-// every driver's work before the loop, the rounds, then every driver's passes after it.
-template <typename D, typename F>
-void run_wavefront(std::vector<std::unique_ptr<D>>& d, F&& chunk) {
-  const int n = int(d.size());
-  const int64_t C = d[0]->sc.chunks.count;
-  auto each = [&](cpu::Team& team, auto count, auto work) {
-    int64_t total = 0;
-    for (const auto& x : d) total += count(*x);
-    team.for_each(total, [&](int64_t i) {
-      int l = 0;
-      while (i >= count(*d[size_t(l)])) i -= count(*d[size_t(l++)]);
-      work(*d[size_t(l)], i);
-    });
-  };
-  auto body = [&](cpu::Team& team) {
-    each(team, [](const D& x) { return x.sc.before; }, [](D& x, int64_t i) { x.before(i); });
-    team.for_each_step(C + n - 1, n, [&](int64_t r, int64_t k) {
-      if (r - k >= 0 && r - k < C) chunk(*d[size_t(k)], r - k);
-    });
-    for (int pass = 0; pass < 2; ++pass)
-      each(team, [&](const D& x) { return x.sc.after[pass]; },
-           [&](D& x, int64_t i) { x.after(pass, i); });
-  };
-  const bool concurrent = g_concurrent.load(std::memory_order_relaxed);
-  if (!cpu::parallel(concurrent ? std::min(n, cpu::get_num_threads()) : 1,
-                     [&](cpu::Team& team) { body(team); }))
-    throw cpu::Stopped();
-}
-
-}  // namespace
-
+// wavefront: chunk c of layer k + 1 runs once chunk c of layer k is done, so that with two
+// threads two layers run at the same time, about one chunk apart, where each alone is one
+// chain of dependent steps (small batch).
 namespace {
 
 // A stack's calls as a wavefront, or one after another: linked(k) says whether call k is the
@@ -276,7 +343,7 @@ template <typename D, typename Args, typename Linked, typename One, typename Chu
           typename Finish>
 void run_layers(const Args* calls, int n, size_t link, Linked linked, One one, Chunk chunk,
                 Finish finish) {
-  const int64_t steps = wavefront_steps(calls, n, cpu::get_num_threads());
+  const int64_t steps = chunk_steps(calls, n, cpu::get_num_threads(), true);
   bool wave = steps > 0;
   std::vector<Access> acc;
   for (int k = 0; k < n && wave; ++k) {
@@ -290,7 +357,7 @@ void run_layers(const Args* calls, int n, size_t link, Linked linked, One one, C
   }
   std::vector<std::unique_ptr<D>> d;
   for (int k = 0; k < n; ++k) d.emplace_back(new D(calls[k], 1, steps));
-  run_wavefront(d, chunk);
+  run_chunked(d, true, chunk);
   for (int k = 0; k < n; ++k) finish(*d[size_t(k)], calls[k]);
 }
 
@@ -305,12 +372,7 @@ void rnn_forward_layers_cpu(const RnnForwardArgs<T>* calls, int n) {
                           calls[l - 1].ld_out == calls[l - 1].shape.H);
       },
       [](const RnnForwardArgs<T>& a) { rnn_forward_cpu(a); },
-      [](Forward<T>& f, int64_t c) {
-        int64_t i0, i1;
-        f.sc.chunks.steps_of(f.sc.T, c, &i0, &i1);
-        f.beside(c, 0);  // the chunk's input projection, then its recurrence
-        f.steps(i0, i1, 0, f.B, 0);
-      },
+      forward_chunk<T>,
       [](Forward<T>&, const RnnForwardArgs<T>& a) { copy_h_n(a); });
 }
 
@@ -325,12 +387,7 @@ void rnn_backward_layers_cpu(const RnnBackwardArgs<T>* calls, int n) {
                            c.ld_grad_out == calls[k - 1].shape.I));
       },
       [](const RnnBackwardArgs<T>& a) { rnn_backward_cpu(a); },
-      [](Backward<T>& b, int64_t c) {
-        int64_t i0, i1;
-        b.sc.chunks.steps_of(b.sc.T, c, &i0, &i1);
-        b.steps(i0, i1, 0, b.B, 0);  // the recurrence, then the chunk's gradients
-        for (int item = 0; item < b.sc.side; ++item) b.beside(c, item);
-      },
+      backward_chunk<T>,
       [](Backward<T>& b, const RnnBackwardArgs<T>&) { b.finish(); });
 }
 
