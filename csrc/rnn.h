@@ -116,7 +116,8 @@ void rnn_backward_cpu(const RnnBackwardArgs<scalar_t>& a);
 // Several calls at once (the two directions of a bidirectional layer), meaning what the same
 // calls made one after another in order mean. When no call's batch rows are split between the
 // threads (small B: each call is one chain of dependent steps) and no call writes memory that
-// another reads or writes, each call runs alone on its own thread, all at the same time. A
+// another reads or writes, the calls run at the same time on different threads (in chunks of
+// steps that any thread takes once ready; with variable lengths each call whole, alone). A
 // backward call that adds into (accumulate_grad_x) the grad_x an earlier call writes then
 // writes its share to scratch, added after all the calls, in call order. Results depend only on
 // the calls and the configured thread count.
