@@ -1,5 +1,7 @@
 """Shared test helpers: the ONE tolerance policy, the backend list, seeded data."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,24 @@ def isa(request):
     assert core.set_isa(request.param)
     yield request.param
     core.set_isa(previous)
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """elman's kernel thread count set to ``n`` for the block, the previous one restored after."""
+    previous = elman.get_num_threads()
+    elman.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        elman.set_num_threads(previous)
+
+
+@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n} threads")
+def threads(request):
+    """Runs the test with 1, 2 and 3 kernel threads."""
+    with num_threads(request.param):
+        yield request.param
 
 
 # The host backends (the compiled CPU kernels and the NumPy reference): the ones the reliability

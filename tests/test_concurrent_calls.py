@@ -11,18 +11,10 @@ import pytest
 
 import elman
 from elman import _backend
-from conftest import assert_close, max_abs
+from conftest import assert_close, max_abs, num_threads
 
 pytest.importorskip("elman._core")
 core = _backend.core()
-
-
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n} threads")
-def threads(request):
-    previous = elman.get_num_threads()
-    elman.set_num_threads(request.param)
-    yield request.param
-    elman.set_num_threads(previous)
 
 
 @pytest.fixture
@@ -90,20 +82,18 @@ def test_concurrent_is_bitwise_one_after_another(n, shape, stack, with_lengths, 
     T, B, I, H = shape
     lengths = np.minimum(np.arange(B) + T - 2, T) if with_lengths else None
     x = np.random.default_rng(B).standard_normal((T, B, I)).astype(dtype)
-    previous = elman.get_num_threads()
-    elman.set_num_threads(n)
-    try:
-        runs = []
-        for concurrent in (True, False):
-            core._testing.set_concurrent_calls(concurrent)
-            layers, bidirectional = STACKS[stack]
-            rnn = elman.RNN(I, H, num_layers=layers, bidirectional=bidirectional, seed=5,
-                            dtype=dtype)
-            outs, grads = _run(rnn, x, lengths, 2)
-            runs.append(outs + grads)
-    finally:
-        core._testing.set_concurrent_calls(True)
-        elman.set_num_threads(previous)
+    runs = []
+    with num_threads(n):
+        try:
+            for concurrent in (True, False):
+                core._testing.set_concurrent_calls(concurrent)
+                layers, bidirectional = STACKS[stack]
+                rnn = elman.RNN(I, H, num_layers=layers, bidirectional=bidirectional, seed=5,
+                                dtype=dtype)
+                outs, grads = _run(rnn, x, lengths, 2)
+                runs.append(outs + grads)
+        finally:
+            core._testing.set_concurrent_calls(True)
     for k, (a, b) in enumerate(zip(*runs)):
         assert np.array_equal(a, b), f"result {k} differs"
 
@@ -119,9 +109,7 @@ def _forward_call(rng, T, B, I, H, dtype, reverse, out=None, h_n=None):
 
 def test_calls_sharing_outputs_run_one_after_another():
     """Two calls writing the same arrays: the later call's values win, as with two calls."""
-    previous = elman.get_num_threads()
-    elman.set_num_threads(2)
-    try:
+    with num_threads(2):
         rng = np.random.default_rng(0)
         first = _forward_call(rng, 30, 1, 4, 40, np.float32, False)
         second = _forward_call(rng, 30, 1, 4, 40, np.float32, True, out=first[9], h_n=first[10])
@@ -129,26 +117,20 @@ def test_calls_sharing_outputs_run_one_after_another():
         out, h_n = np.zeros_like(first[9]), np.zeros_like(first[10])
         core.rnn_forward(*second[:9], out, h_n)
         assert np.array_equal(first[9], out) and np.array_equal(first[10], h_n)
-    finally:
-        elman.set_num_threads(previous)
 
 
 def test_calls_are_the_calls_one_after_another():
     """Independent calls through rnn_forward_calls give bitwise what each call gives alone with
     one thread (at small batch each call runs alone on one thread)."""
-    previous = elman.get_num_threads()
-    try:
-        rng = np.random.default_rng(1)
-        calls = [_forward_call(rng, 25, 2, 6, 50, np.float64, r) for r in (False, True, False)]
-        elman.set_num_threads(2)
+    rng = np.random.default_rng(1)
+    calls = [_forward_call(rng, 25, 2, 6, 50, np.float64, r) for r in (False, True, False)]
+    with num_threads(2):
         core.rnn_forward_calls(calls)
-        elman.set_num_threads(1)
+    with num_threads(1):
         for c in calls:
             out, h_n = np.empty_like(c[9]), np.empty_like(c[10])
             core.rnn_forward(*c[:9], out, h_n)
             assert np.array_equal(out, c[9]) and np.array_equal(h_n, c[10])
-    finally:
-        elman.set_num_threads(previous)
 
 
 def test_bad_call_refused_before_anything_is_written():
@@ -187,9 +169,7 @@ def test_one_after_another_fixture_restores(one_after_another):
 def test_layers_that_are_not_a_chain_run_one_after_another():
     """rnn_forward_layers with a second call whose x is not the first call's out: the calls one
     after another (bitwise each call alone with the same threads)."""
-    previous = elman.get_num_threads()
-    elman.set_num_threads(2)
-    try:
+    with num_threads(2):
         rng = np.random.default_rng(4)
         first = _forward_call(rng, 64, 1, 6, 6, np.float32, False)
         second = _forward_call(rng, 64, 1, 6, 20, np.float32, False)  # its own x
@@ -198,30 +178,24 @@ def test_layers_that_are_not_a_chain_run_one_after_another():
             out, h_n = np.empty_like(c[9]), np.empty_like(c[10])
             core.rnn_forward(*c[:9], out, h_n)
             assert np.array_equal(out, c[9]) and np.array_equal(h_n, c[10])
-    finally:
-        elman.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wavefront_with_states_and_final_gradients(dtype):
-    """A 3-layer stack of 70 steps (5 chunks) at B = 2 with h0 and grad_h_n through
-    elman.functional against the reference, with two threads."""
+    """A 3-layer stack of 70 steps (5 chunks) at B = 2 with h0 and grad_h_n through elman.RNN
+    against the reference backend, with two threads."""
     T, B, I, H = 70, 2, 3, 24
     rng = np.random.default_rng(6)
     kw = dict(num_layers=3, seed=7, dtype=dtype)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal((3, B, H)).astype(dtype)
-    previous = elman.get_num_threads()
-    elman.set_num_threads(2)
-    try:
-        results = []
+    results = []
+    with num_threads(2):
         for backend in ("cpu", "numpy"):
             rnn = elman.RNN(I, H, backend=backend, **kw)
             out, h_n = rnn(x, h0)
             gx, gh0 = rnn.backward(np.tanh(out), np.cos(h_n))
             results.append(([out, h_n, gx, gh0], [p.grad.copy() for p in rnn.parameters()]))
-    finally:
-        elman.set_num_threads(previous)
     (got, got_w), (ref, ref_w) = results
     for name, a, b in zip(["out", "h_n", "grad_x", "grad_h0"], got, ref):
         assert_close(a, b, dtype, what=name)

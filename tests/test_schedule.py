@@ -6,7 +6,6 @@ no lengths, bitwise."""
 import numpy as np
 import pytest
 
-import elman
 from elman import functional as F, reference
 from conftest import assert_close, max_abs
 
@@ -40,14 +39,6 @@ def _forward_backward(c, g, g_hn, lengths, act, reverse):
     r = F.rnn_backward(c["x"], c["weight_ih"], c["weight_hh"], out, c["h0"], g, g_hn, lengths,
                        act, reverse, backend="cpu")
     return out, h_n, r
-
-
-@pytest.fixture(params=[1, 2, 3], ids=lambda n: f"{n} threads")
-def threads(request):
-    previous = elman.get_num_threads()
-    elman.set_num_threads(request.param)
-    yield request.param
-    elman.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
